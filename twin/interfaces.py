@@ -8,13 +8,25 @@ in the model's units; vectors are numpy float64 in the ModelSpec's name order; s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import numpy as np
-from numpy.typing import NDArray
+from controllers.interfaces import ControlStep, Controller, FloatArray
 
-FloatArray = NDArray[np.float64]
+__all__ = [
+    "Clock",
+    "ControlStep",
+    "Controller",
+    "DeviceInfo",
+    "Estimate",
+    "Estimator",
+    "FloatArray",
+    "Measurements",
+    "Plant",
+    "PlantInfo",
+    "Reading",
+    "WriteResult",
+]
 DeviceKind = Literal["actuator", "sensor"]
 PlantState = Literal["armed", "failsafe"]
 
@@ -107,37 +119,6 @@ class Plant(Protocol):
 
     def close(self) -> None:
         """Release the connection (idempotent)."""
-        ...
-
-
-@dataclass(frozen=True)
-class ControlStep:
-    """What a controller decided at one step.
-
-    Attributes:
-        u: inputs to apply, in the ModelSpec's input order.
-        status: ``"ok"`` or a solver-specific failure word (then ``fallback`` says what was used).
-        compute_s: wall-clock time spent deciding.
-        fallback: ``None`` when ``u`` is the fresh solution, else the fallback used.
-        predicted_x: predicted state trajectory over the horizon (N+1, nx), if the controller has one.
-        planned_u: planned inputs over the horizon (N, nu), if any.
-    """
-
-    u: FloatArray
-    status: str
-    compute_s: float
-    fallback: str | None = None
-    predicted_x: FloatArray | None = field(default=None, repr=False)
-    planned_u: FloatArray | None = field(default=None, repr=False)
-
-
-class Controller(Protocol):
-    """Decides the inputs from the current time, state estimate and parameter estimate."""
-
-    name: str
-
-    def step(self, t_s: float, x: FloatArray, p: FloatArray) -> ControlStep:
-        """Decide the inputs to apply from now until the next step."""
         ...
 
 

@@ -1,0 +1,1 @@
+"""Decisions: NMPC (CasADi), do-mpc reference, baselines — all behind the ``Controller`` protocol."""

@@ -1,0 +1,120 @@
+"""Configuration of an optimal-control problem, shared by every MPC implementation.
+
+One ``MpcConfig`` describes the problem (horizon, sample period, objective, bounds); the solver path
+(ours or do-mpc's) is a separate choice, so the same config can be solved by both and compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from plant_models.errors import ScenarioError
+from plant_models.spec import Bounds, ModelSpec
+
+
+def _empty() -> Mapping[str, float]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class Objective:
+    """An economic objective to **minimise**, built from linear weights on named signals.
+
+    ``J = sum_k sum_i stage[i] * z_i(x_k) + sum_i terminal[i] * z_i(x_N)
+          + sum_k sum_j delta_u[j] * (u_j,k - u_j,k-1)^2``
+
+    where ``z`` are states or model outputs by name and ``u_-1`` is the input applied before the
+    horizon (do-mpc's ``lterm``, ``mterm`` and ``rterm``). Maximising product is a negative weight.
+    """
+
+    stage: Mapping[str, float] = field(default_factory=_empty)
+    terminal: Mapping[str, float] = field(default_factory=_empty)
+    delta_u: Mapping[str, float] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class MpcConfig:
+    """A validated NMPC problem.
+
+    Attributes:
+        horizon: number of control intervals N.
+        step_s: sample period (seconds of plant time); one control interval.
+        objective: what to minimise.
+        state_bounds: bounds per state (override the model's; unnamed states keep the model's).
+        input_bounds: bounds per input (override the model's).
+        substeps: integrator substeps (RK4) per interval for our multiple-shooting discretisation.
+        max_iter: solver iteration limit per step.
+        tol: solver convergence tolerance.
+    """
+
+    horizon: int = 20
+    step_s: float = 3600.0
+    objective: Objective = field(default_factory=Objective)
+    state_bounds: Mapping[str, Bounds] = field(default_factory=lambda: MappingProxyType({}))
+    input_bounds: Mapping[str, Bounds] = field(default_factory=lambda: MappingProxyType({}))
+    substeps: int = 4
+    max_iter: int = 200
+    tol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ScenarioError(f"controller.horizon must be >= 1, got {self.horizon}")
+        if not (math.isfinite(self.step_s) and self.step_s > 0):
+            raise ScenarioError(f"controller.step_s must be a positive number, got {self.step_s}")
+        if self.substeps < 1:
+            raise ScenarioError(f"controller.substeps must be >= 1, got {self.substeps}")
+        for key, bounds in (("state_bounds", self.state_bounds), ("input_bounds", self.input_bounds)):
+            for name, (lo, hi) in bounds.items():
+                if lo > hi:
+                    raise ScenarioError(f"controller.{key}.{name}: min {lo} > max {hi}")
+
+    def check_against(self, spec: ModelSpec) -> None:
+        """Check that every name this config uses exists in ``spec``.
+
+        Raises:
+            ScenarioError: naming the first unknown key.
+        """
+        signals = set(spec.states) | set(spec.outputs)
+        for part in ("stage", "terminal"):
+            for name in getattr(self.objective, part):
+                if name not in signals:
+                    raise ScenarioError(f"objective.{part}.{name}: model {spec.name!r} has no such signal")
+        for name in self.objective.delta_u:
+            if name not in spec.inputs:
+                raise ScenarioError(f"objective.delta_u.{name}: model {spec.name!r} has no such input")
+        for name in self.state_bounds:
+            if name not in spec.states:
+                raise ScenarioError(f"bounds.{name}: model {spec.name!r} has no such state")
+        for name in self.input_bounds:
+            if name not in spec.inputs:
+                raise ScenarioError(f"bounds.{name}: model {spec.name!r} has no such input")
+
+    def bounds(self, spec: ModelSpec) -> tuple[list[Bounds], list[Bounds]]:
+        """Effective (state, input) bounds in vector order: the model's, overridden by this config."""
+        xb = [self.state_bounds.get(n, spec.state_bounds.get(n, (-math.inf, math.inf))) for n in spec.states]
+        ub = [self.input_bounds.get(n, spec.input_bounds[n]) for n in spec.inputs]
+        return xb, ub
+
+    def dt_model(self, spec: ModelSpec) -> float:
+        """The sample period in model time units."""
+        return self.step_s / spec.seconds_per_time_unit
+
+
+def dompc_example_config() -> MpcConfig:
+    """The do-mpc batch_reactor example's problem (horizon 20, 1 h, -P_s stage and terminal, Δu 1.0)."""
+    return MpcConfig(
+        horizon=20,
+        step_s=3600.0,
+        objective=Objective(
+            stage=MappingProxyType({"P_s": -1.0}),
+            terminal=MappingProxyType({"P_s": -1.0}),
+            delta_u=MappingProxyType({"inp": 1.0}),
+        ),
+        state_bounds=MappingProxyType(
+            {"X_s": (0.0, 3.7), "S_s": (-0.01, math.inf), "P_s": (0.0, 3.0)}
+        ),
+        input_bounds=MappingProxyType({"inp": (0.0, 0.2)}),
+    )

@@ -1,0 +1,1 @@
+"""Simulation, estimation, the loop and its clocks, records, scenarios."""
