@@ -55,7 +55,7 @@ class MpcConfig:
     objective: Objective = field(default_factory=Objective)
     state_bounds: Mapping[str, Bounds] = field(default_factory=lambda: MappingProxyType({}))
     input_bounds: Mapping[str, Bounds] = field(default_factory=lambda: MappingProxyType({}))
-    substeps: int = 4
+    substeps: int = 2
     max_iter: int = 200
     tol: float = 1e-8
 

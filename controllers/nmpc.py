@@ -1,0 +1,199 @@
+"""Economic NMPC built once from a ModelSpec with CasADi: direct multiple shooting, warm-started.
+
+Build time (symbolic): the model's ``f`` is discretised with RK4 (``substeps`` per interval), the
+objective and bounds are assembled, and the NLP is frozen into one ``nlpsol`` with expanded SX graphs.
+Decision variables are ordered stage-wise ``[x_0, u_0, x_1, u_1, ..., x_N]`` so structure-exploiting
+solvers can be dropped in. Run time (numeric): each ``step`` only fills parameter vectors, calls the
+frozen solver and shifts the solution (primal and dual) to warm-start the next call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import casadi as ca
+import numpy as np
+
+from controllers.config import MpcConfig
+from controllers.interfaces import ControlStep, FloatArray
+from plant_models.spec import ModelSpec
+
+_OK_STATUSES = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
+
+
+def rk4_step(spec: ModelSpec, dt: float, substeps: int) -> ca.Function:
+    """A frozen RK4 map ``F(x, u, p) -> x(t + dt)`` with ``substeps`` equal sub-steps (model time)."""
+    x = ca.SX.sym("x", spec.nx)
+    u = ca.SX.sym("u", spec.nu)
+    p = ca.SX.sym("p", spec.np)
+    h = dt / substeps
+    xk = x
+    for _ in range(substeps):
+        k1 = spec.f(xk, u, p)
+        k2 = spec.f(xk + h / 2 * k1, u, p)
+        k3 = spec.f(xk + h / 2 * k2, u, p)
+        k4 = spec.f(xk + h * k3, u, p)
+        xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return ca.Function("rk4", [x, u, p], [xk], ["x", "u", "p"], ["xf"])
+
+
+def _weighted_signals(spec: ModelSpec, weights: dict[str, float]) -> ca.Function:
+    """``z(x, u, p) -> sum_i w_i * signal_i`` over states and model outputs named in ``weights``."""
+    x = ca.SX.sym("x", spec.nx)
+    u = ca.SX.sym("u", spec.nu)
+    p = ca.SX.sym("p", spec.np)
+    y = spec.h(x, u, p)
+    expr = ca.SX(0)
+    for name, w in weights.items():
+        signal = x[spec.states.index(name)] if name in spec.states else y[spec.outputs.index(name)]
+        expr += w * signal
+    return ca.Function("weighted", [x, u, p], [expr])
+
+
+class Mpc:
+    """A built NMPC: call :meth:`step` each sample period. Create with :func:`build_mpc`."""
+
+    name = "nmpc"
+
+    def __init__(self, spec: ModelSpec, config: MpcConfig) -> None:
+        """Build the frozen solver (prefer :func:`build_mpc`)."""
+        config.check_against(spec)
+        self.spec = spec
+        self.config = config
+        n, nx, nu = config.horizon, spec.nx, spec.nu
+        dt = config.dt_model(spec)
+        step_fn = rk4_step(spec, dt, config.substeps)
+        stage = _weighted_signals(spec, dict(config.objective.stage))
+        terminal = _weighted_signals(spec, dict(config.objective.terminal))
+        du_w = ca.DM([config.objective.delta_u.get(name, 0.0) for name in spec.inputs])
+
+        x_init = ca.SX.sym("x_init", nx)
+        p = ca.SX.sym("p", spec.np)
+        u_prev = ca.SX.sym("u_prev", nu)
+        xs = [ca.SX.sym(f"x{k}", nx) for k in range(n + 1)]
+        us = [ca.SX.sym(f"u{k}", nu) for k in range(n)]
+        w: list[ca.SX] = []
+        g: list[ca.SX] = [xs[0] - x_init]
+        cost = ca.SX(0)
+        last_u = u_prev
+        for k in range(n):
+            w += [xs[k], us[k]]
+            # do-mpc's convention: stage cost at the start of each interval, move penalty on Δu.
+            cost += stage(xs[k], us[k], p) + ca.dot(du_w, (us[k] - last_u) ** 2)
+            g.append(step_fn(xs[k], us[k], p) - xs[k + 1])
+            last_u = us[k]
+        w.append(xs[n])
+        cost += terminal(xs[n], ca.DM.zeros(nu), p)
+
+        xb, ub = config.bounds(spec)
+        free = [(-math.inf, math.inf)] * nx
+        lbw: list[float] = []
+        ubw: list[float] = []
+        for k in range(n + 1):
+            # x_0 is pinned by the equality constraint to the estimate; bounding it too would make a
+            # slightly out-of-bounds estimate infeasible instead of letting the plan recover.
+            for lo, hi in free if k == 0 else xb:
+                lbw.append(lo)
+                ubw.append(hi)
+            if k < n:
+                for lo, hi in ub:
+                    lbw.append(lo)
+                    ubw.append(hi)
+        self._lbw = np.array(lbw)
+        self._ubw = np.array(ubw)
+        self._nw = len(lbw)
+        self._ng = nx * (n + 1)
+        nlp = {"x": ca.vertcat(*w), "p": ca.vertcat(x_init, p, u_prev), "f": cost, "g": ca.vertcat(*g)}
+        opts = {
+            "expand": True,
+            "print_time": False,
+            "ipopt": {
+                "print_level": 0,
+                "sb": "yes",
+                "max_iter": config.max_iter,
+                "tol": config.tol,
+                # Warm start from the shifted primal-dual solution: start the barrier small and keep
+                # the iterate near the previous active set instead of pushing it into the interior.
+                "warm_start_init_point": "yes",
+                "warm_start_bound_push": 1e-9,
+                "warm_start_bound_frac": 1e-9,
+                "warm_start_slack_bound_frac": 1e-9,
+                "warm_start_slack_bound_push": 1e-9,
+                "warm_start_mult_bound_push": 1e-9,
+                "mu_init": 1e-6,
+            },
+        }
+        self._solver = ca.nlpsol("nmpc", "ipopt", nlp, opts)
+        self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs])
+        self._w0: FloatArray | None = None
+        self._lam_x0 = np.zeros(self._nw)
+        self._lam_g0 = np.zeros(self._ng)
+        self._stride = nx + nu
+
+    def _initial_guess(self, x: FloatArray) -> FloatArray:
+        u_guess = np.clip(self._u_prev, self._lbw[self.spec.nx : self._stride], self._ubw[self.spec.nx : self._stride])
+        stage = np.concatenate([x, u_guess])
+        return np.concatenate([np.tile(stage, self.config.horizon), x])
+
+    def _shift(self, sol: FloatArray) -> FloatArray:
+        """Shift a stage-wise vector one interval forward, repeating the last interval (warm start)."""
+        s = self._stride
+        shifted = np.concatenate([sol[s:], sol[-s:]])
+        return np.asarray(shifted, dtype=float)
+
+    def step(self, t_s: float, x: FloatArray, p: FloatArray) -> ControlStep:
+        """Solve the NMPC from state ``x`` with parameters ``p``; return the first input.
+
+        On solver failure the controller falls back to the previous plan shifted by one interval
+        (``fallback="shifted_plan"``), or to the safe inputs if it has no plan yet.
+        """
+        start = time.perf_counter()
+        w0 = self._initial_guess(x) if self._w0 is None else self._w0
+        res = self._solver(
+            x0=w0,
+            lam_x0=self._lam_x0,
+            lam_g0=self._lam_g0,
+            lbx=self._lbw,
+            ubx=self._ubw,
+            lbg=0.0,
+            ubg=0.0,
+            p=np.concatenate([x, p, self._u_prev]),
+        )
+        stats = self._solver.stats()
+        status = "ok" if stats["return_status"] in _OK_STATUSES else str(stats["return_status"])
+        sol = np.asarray(res["x"], dtype=float).ravel()
+        nx, nu, s = self.spec.nx, self.spec.nu, self._stride
+        fallback = None
+        if status == "ok" and np.all(np.isfinite(sol)):
+            plan = sol
+            self._lam_x0 = self._shift(np.asarray(res["lam_x"], dtype=float).ravel())
+            self._lam_g0 = np.concatenate(
+                [np.asarray(res["lam_g"], dtype=float).ravel()[nx:], np.zeros(nx)]
+            )
+        elif self._w0 is not None:
+            plan = self._w0  # already the previous plan shifted by one interval
+            fallback = "shifted_plan"
+        else:
+            plan = self._initial_guess(x)
+            plan[nx:s] = [self.spec.input_safe[name] for name in self.spec.inputs]
+            fallback = "safe_hold"
+        u = np.array(plan[nx:s])
+        self._u_prev = u
+        self._w0 = self._shift(plan)
+        n = self.config.horizon
+        predicted_x = np.vstack([plan[k * s : k * s + nx] for k in range(n)] + [plan[-nx:]])
+        planned_u = np.vstack([plan[k * s + nx : (k + 1) * s] for k in range(n)])
+        return ControlStep(
+            u=u,
+            status=status,
+            compute_s=time.perf_counter() - start,
+            fallback=fallback,
+            predicted_x=predicted_x,
+            planned_u=planned_u,
+        )
+
+
+def build_mpc(spec: ModelSpec, config: MpcConfig) -> Mpc:
+    """Build the NMPC for ``spec`` as configured (symbolic work happens here, once)."""
+    return Mpc(spec, config)
