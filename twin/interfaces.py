@@ -124,12 +124,17 @@ class Plant(Protocol):
 
 @dataclass(frozen=True)
 class Estimate:
-    """The twin's state (and parameter) estimate at time ``t_s``, with its uncertainty."""
+    """The twin's state (and parameter) estimate at time ``t_s``, with its uncertainty.
+
+    ``rejected`` names the measurements the estimator refused to use in this update (missing, not
+    finite, implausible), so the loop can record them.
+    """
 
     t_s: float
     x: FloatArray
     p: FloatArray
     x_std: FloatArray
+    rejected: tuple[str, ...] = ()
 
 
 class Estimator(Protocol):

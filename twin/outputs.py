@@ -1,0 +1,57 @@
+"""Run outputs: summary.json, trajectory.csv and trajectory.png in a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from plant_models.spec import ModelSpec
+from twin.kpis import Trajectory
+
+
+def write_summary(path: Path, summary: dict[str, object]) -> None:
+    """Write the KPI summary as indented JSON."""
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def write_trajectory_csv(path: Path, spec: ModelSpec, traj: Trajectory) -> None:
+    """Write ``t,<states>,<inputs>`` with t in model time units; the input on a row is held until the
+    next row (the last row's inputs are empty)."""
+    scale = spec.seconds_per_time_unit
+    units = ", ".join(f"{n} [{spec.units[n]}]" for n in (*spec.states, *spec.inputs))
+    lines = [
+        f"# bioimp closed-loop trajectory of {spec.name}; t in {spec.time_unit}; {units}",
+        "# row k: states measured at t, inputs applied on [t, next t)",
+        ",".join(("t", *spec.states, *spec.inputs)),
+    ]
+    for t, x, u in zip(traj.t_s, traj.x, traj.u, strict=True):
+        cells = [repr(float(t / scale)), *(repr(float(v)) for v in x)]
+        cells += ["" if np.isnan(v) else repr(float(v)) for v in u]
+        lines.append(",".join(cells))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot_trajectory(path: Path, spec: ModelSpec, traj: Trajectory, title: str) -> None:
+    """One panel per state and per input against time, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = traj.t_s / spec.seconds_per_time_unit
+    names = (*spec.states, *spec.inputs)
+    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(8, 1.7 * len(names) + 0.6))
+    for i, (ax, name) in enumerate(zip(np.atleast_1d(axes), names, strict=True)):
+        if i < spec.nx:
+            ax.plot(t, traj.x[:, i], color="tab:blue")
+        else:
+            ax.step(t, traj.u[:, i - spec.nx], where="post", color="tab:orange")
+        ax.set_ylabel(f"{name}\n[{spec.units[name]}]")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[-1].set_xlabel(f"time [{spec.time_unit}]")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,271 @@
+"""Scenario files: TOML in, a validated frozen ``Scenario`` out.
+
+Validation is strict and speaks the file's language: an unknown key, a wrong type, an unknown model or a
+bound with min > max raises :class:`ScenarioError` whose one-line message names the key
+(``controller.horizon: expected an integer, got 'twenty'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from controllers.config import MpcConfig, Objective
+from plant_models.errors import ModelError, ScenarioError
+from plant_models.registry import resolve_model
+from plant_models.spec import Bounds, ModelSpec
+
+DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """The simulated plant: its true initial state and parameters, integrator tolerances."""
+
+    x0: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    rtol: float = 1e-10
+    atol: float = 1e-10
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """The twin's beliefs: the parameter values the controller and estimator use."""
+
+    params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """How long and how often: ``steps`` periods of ``period_s`` seconds of plant time."""
+
+    steps: int
+    period_s: float
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Which controller decides, its problem, and its compute budget per step (seconds)."""
+
+    kind: str
+    mpc: MpcConfig
+    budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. ``source`` is the file's text, ``sha256`` its hash (for the record)."""
+
+    name: str
+    description: str
+    model: str
+    plant: PlantConfig
+    twin: TwinConfig
+    loop: LoopConfig
+    controller: ControllerConfig
+    source: str
+    sha256: str
+
+    def spec(self) -> ModelSpec:
+        """Resolve the model (built-in name or ``package.module:function``)."""
+        return resolve_model(self.model)
+
+
+CONTROLLER_KINDS = ("nmpc", "do-mpc")
+
+
+class _Table:
+    """A TOML table read key by key; leftover keys are errors naming their full path."""
+
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _raw(self, name: str, default: Any) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                raise ScenarioError(f"{self.key(name)}: required key is missing")
+            return default
+        return self.data[name]
+
+    def string(self, name: str, default: Any = _REQUIRED) -> Any:
+        value = self._raw(name, default)
+        if value is not default and not isinstance(value, str):
+            raise ScenarioError(f"{self.key(name)}: expected a string, got {value!r}")
+        return value
+
+    def integer(self, name: str, default: Any = _REQUIRED, minimum: int | None = None) -> Any:
+        value = self._raw(name, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ScenarioError(f"{self.key(name)}: expected an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ScenarioError(f"{self.key(name)}: must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: Any = _REQUIRED, positive: bool = False) -> Any:
+        value = self._raw(name, default)
+        if value is default:
+            return value
+        return _number(self.key(name), value, positive=positive)
+
+    def table(self, name: str) -> _Table:
+        value = self._raw(name, {})
+        if not isinstance(value, Mapping):
+            raise ScenarioError(f"{self.key(name)}: expected a table, got {value!r}")
+        return _Table(value, self.key(name))
+
+    def numbers(self, name: str, allowed: tuple[str, ...]) -> Mapping[str, float]:
+        """A table of name = number, every name in ``allowed``."""
+        sub = self.table(name)
+        out = {}
+        for key in sub.data:
+            if key not in allowed:
+                raise ScenarioError(f"{sub.key(key)}: unknown name (known: {', '.join(allowed)})")
+            out[key] = sub.number(key)
+        return MappingProxyType(out)
+
+    def finish(self) -> None:
+        extra = [k for k in self.data if k not in self.seen]
+        if extra:
+            raise ScenarioError(f"{self.key(extra[0])}: unknown key")
+
+
+def _number(key: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ScenarioError(f"{key}: expected a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise ScenarioError(f"{key}: must not be NaN")
+    if positive and not (value > 0 and math.isfinite(value)):
+        raise ScenarioError(f"{key}: must be a positive number, got {value}")
+    return value
+
+
+def _bounds(table: _Table, spec: ModelSpec) -> tuple[dict[str, Bounds], dict[str, Bounds]]:
+    states: dict[str, Bounds] = {}
+    inputs: dict[str, Bounds] = {}
+    for name, value in table.data.items():
+        key = table.key(name)
+        table.seen.add(name)
+        if not isinstance(value, list) or len(value) != 2:
+            raise ScenarioError(f"{key}: expected [min, max], got {value!r}")
+        lo, hi = (_number(key, v) for v in value)
+        if lo > hi:
+            raise ScenarioError(f"{key}: min {lo} > max {hi}")
+        if name in spec.states:
+            states[name] = (lo, hi)
+        elif name in spec.inputs:
+            lo_phys, hi_phys = spec.input_bounds[name]
+            if lo < lo_phys or hi > hi_phys:
+                raise ScenarioError(f"{key}: [{lo}, {hi}] exceeds the actuator's range [{lo_phys}, {hi_phys}]")
+            inputs[name] = (lo, hi)
+        else:
+            raise ScenarioError(f"{key}: model {spec.name!r} has no state or input {name!r}")
+    return states, inputs
+
+
+def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
+    """Validate scenario TOML text.
+
+    Raises:
+        ScenarioError: one line naming the offending key (or the TOML syntax error).
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{origin}: invalid TOML: {exc}") from None
+    root = _Table(data, "")
+    name = root.string("name")
+    description = root.string("description", "")
+    model_name = root.string("model")
+    try:
+        spec = resolve_model(model_name)
+    except ModelError as exc:
+        raise ScenarioError(f"model: {exc}") from None
+
+    plant_t = root.table("plant")
+    plant = PlantConfig(
+        x0=plant_t.numbers("x0", spec.states),
+        params=plant_t.numbers("params", spec.params),
+        rtol=plant_t.number("rtol", 1e-10, positive=True),
+        atol=plant_t.number("atol", 1e-10, positive=True),
+    )
+    plant_t.finish()
+    twin_t = root.table("twin")
+    twin = TwinConfig(params=twin_t.numbers("params", spec.params))
+    twin_t.finish()
+
+    loop_t = root.table("loop")
+    loop = LoopConfig(
+        steps=loop_t.integer("steps", minimum=1),
+        period_s=loop_t.number("period_s", positive=True),
+    )
+    loop_t.finish()
+
+    obj_t = root.table("objective")
+    signals = tuple(dict.fromkeys(spec.states + spec.outputs))
+    objective = Objective(
+        stage=obj_t.numbers("stage", signals),
+        terminal=obj_t.numbers("terminal", signals),
+        delta_u=obj_t.numbers("delta_u", spec.inputs),
+    )
+    obj_t.finish()
+    state_bounds, input_bounds = _bounds(root.table("bounds"), spec)
+
+    ctrl_t = root.table("controller")
+    kind = ctrl_t.string("kind", "nmpc")
+    if kind not in CONTROLLER_KINDS:
+        raise ScenarioError(f"controller.kind: unknown controller {kind!r} (known: {', '.join(CONTROLLER_KINDS)})")
+    budget = ctrl_t.number("budget_s", None, positive=True)
+    defaults = MpcConfig()
+    mpc = MpcConfig(
+        horizon=ctrl_t.integer("horizon", defaults.horizon, minimum=1),
+        step_s=loop.period_s,
+        objective=objective,
+        state_bounds=MappingProxyType(state_bounds),
+        input_bounds=MappingProxyType(input_bounds),
+        substeps=ctrl_t.integer("substeps", defaults.substeps, minimum=1),
+        max_iter=ctrl_t.integer("max_iter", defaults.max_iter, minimum=1),
+        tol=ctrl_t.number("tol", defaults.tol, positive=True),
+    )
+    ctrl_t.finish()
+    root.finish()
+    return Scenario(
+        name=name,
+        description=description,
+        model=model_name,
+        plant=plant,
+        twin=twin,
+        loop=loop,
+        controller=ControllerConfig(kind=kind, mpc=mpc, budget_s=budget),
+        source=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def load_scenario(path: str | Path | None = None) -> Scenario:
+    """Load and validate a scenario file (the built-in fed-batch scenario when ``path`` is None).
+
+    Raises:
+        ScenarioError: the file cannot be read or is invalid.
+    """
+    path = Path(path) if path is not None else DEFAULT_SCENARIO
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc}") from None
+    return parse_scenario(text, str(path))
