@@ -1,0 +1,35 @@
+# bioimp — the two commands: `make run` and `make test`. Both set up .venv from scratch if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint bench clean
+
+# (Re)install whenever pyproject.toml changes. Only python3 with venv is assumed on the machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/bioimp run --out runs/fedbatch_haldane
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Tests and benchmarks in quick mode: every benchmark runs once as a test, budgets are not asserted.
+test: lint
+	$(BIN)/pytest -q --benchmark-disable tests bench
+
+# Full benchmarks: repeated rounds, budgets asserted, JSON report in bench/report.json.
+bench: setup
+	$(BIN)/pytest -q bench --benchmark-only --benchmark-json=bench/report.json
+	$(BIN)/python -m bench.report bench/report.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""The ``bioimp`` command line.
+
+It sits in the top layer because ``bioimp run`` starts a plant server process (hil) and drives the loop
+(twin). Every user error (bad scenario, bad CSV, unknown model) is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from plant_models.errors import BioimpError, InputDataError
+from plant_models.registry import BUILTIN_MODELS, resolve_model
+
+EXIT_USAGE = 2
+
+
+def parse_assignments(items: Sequence[str], what: str) -> dict[str, float]:
+    """Parse ``name=value`` command-line items into floats.
+
+    Raises:
+        InputDataError: an item is not ``name=number``.
+    """
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise InputDataError(f"{what}: expected name=number, got {item!r}") from None
+    return out
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    for name in sorted(BUILTIN_MODELS):
+        spec = resolve_model(name)
+        print(f"{spec.name}: {spec.description}")
+        for kind in ("states", "inputs", "params", "outputs"):
+            names: tuple[str, ...] = getattr(spec, kind)
+            print(f"  {kind:8s} " + ", ".join(f"{n} [{spec.units[n]}]" for n in names))
+        print(f"  time     {spec.time_unit}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from twin.openloop import read_inputs_csv, simulate_openloop, write_states_csv
+
+    spec = resolve_model(args.model)
+    x0 = parse_assignments(args.x0, "--x0")
+    spec.vector("states", {**spec.x0, **x0})  # reject unknown state names before any work
+    profile = read_inputs_csv(Path(args.inputs), spec)
+    states = simulate_openloop(spec, profile, x0)
+    write_states_csv(Path(args.out), spec, profile.t, states)
+    print(f"wrote {args.out} ({len(profile.t)} rows)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from hil.client import ZmqPlant
+    from hil.launch import spawn_plant_server
+    from twin.runner import run_scenario
+    from twin.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out) if args.out else Path("runs") / scenario.name
+    if args.plant:
+        plant = ZmqPlant(args.plant)
+        try:
+            result = run_scenario(scenario, plant, out)
+        finally:
+            plant.close()
+    else:
+        with spawn_plant_server(
+            scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params)
+        ) as server:
+            plant = ZmqPlant(server.command)
+            try:
+                result = run_scenario(scenario, plant, out)
+            finally:
+                plant.close()
+    summary = result.summary
+    ctrl = summary["controller"]
+    assert isinstance(ctrl, dict)
+    print(f"scenario  {scenario.name} ({summary['steps']} steps, controller {ctrl['name']})")
+    print("final     " + json.dumps(summary["final_states"]))
+    print(f"objective {summary['objective']:.6g}")
+    ms = ctrl["step_ms"]
+    print(f"step ms   p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
+    print(f"violation {summary['constraint_violation_max']:.3g}  deadline misses {summary['deadline_misses']}")
+    print(f"wrote     {out}/summary.json, trajectory.csv, trajectory.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``bioimp`` subcommand."""
+    from hil.server import add_plant_serve_parser
+
+    parser = argparse.ArgumentParser(prog="bioimp", description="Digital-twin control loop for bioreactors.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a closed-loop batch against a simulated plant over ZeroMQ")
+    run.add_argument("scenario", nargs="?", help="scenario TOML (default: the built-in fed-batch)")
+    run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
+    run.add_argument("--plant", metavar="ENDPOINT", help="connect to this plant server instead of starting one")
+    run.set_defaults(func=_cmd_run)
+
+    sim = sub.add_parser("simulate", help="open-loop simulation from an inputs CSV")
+    sim.add_argument("--model", required=True, help="model name or package.module:function")
+    sim.add_argument("--inputs", required=True, help="CSV with header t,<input names>")
+    sim.add_argument("--out", required=True, help="CSV to write: t,<state names>")
+    sim.add_argument("--x0", action="append", default=[], metavar="NAME=VALUE", help="initial state override")
+    sim.set_defaults(func=_cmd_simulate)
+
+    models = sub.add_parser("models", help="list the built-in models with their signals and units")
+    models.set_defaults(func=_cmd_models)
+
+    plant = sub.add_parser("plant", help="plant-side commands")
+    plant_sub = plant.add_subparsers(dest="plant_command", required=True)
+    add_plant_serve_parser(plant_sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bioimp`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except BioimpError as exc:
+        print(f"bioimp: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Scenario files: the shipped one loads; every kind of mistake is one line naming the key."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from plant_models import ScenarioError
+from twin.scenario import DEFAULT_SCENARIO, load_scenario, parse_scenario
+
+REPO = Path(__file__).parents[2]
+BASE = DEFAULT_SCENARIO.read_text()
+
+
+def test_shipped_scenario_is_the_builtin_one() -> None:
+    assert (REPO / "scenarios" / "fedbatch_haldane.toml").read_text() == BASE
+    sc = load_scenario()
+    assert sc.model == "fedbatch_haldane"
+    assert sc.loop.steps == 150 and sc.loop.period_s == 3600.0
+    mpc = sc.controller.mpc
+    assert mpc.horizon == 20 and mpc.step_s == 3600.0
+    assert dict(mpc.objective.stage) == {"P_s": -1.0} and dict(mpc.objective.delta_u) == {"inp": 1.0}
+    assert mpc.state_bounds["S_s"] == (-0.01, math.inf)
+    assert mpc.input_bounds["inp"] == (0.0, 0.2)
+    assert len(sc.sha256) == 64 and sc.source == BASE
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("horizon = 20", "horizn = 20", r"^controller\.horizn: unknown key$"),
+        ("horizon = 20", 'horizon = "twenty"', r"^controller\.horizon: expected an integer, got 'twenty'$"),
+        ("horizon = 20", "horizon = 0", r"^controller\.horizon: must be >= 1, got 0$"),
+        ("steps = 150", "steps = true", r"^loop\.steps: expected an integer, got True$"),
+        ("period_s = 3600.0", "period_s = -1.0", r"^loop\.period_s: must be a positive number"),
+        ('model = "fedbatch_haldane"', 'model = "nope"', r"^model: unknown model 'nope'"),
+        ("X_s = [0.0, 3.7]", "X_s = [3.7, 0.0]", r"^bounds\.X_s: min 3\.7 > max 0\.0$"),
+        ("X_s = [0.0, 3.7]", "Q_s = [0.0, 3.7]", r"^bounds\.Q_s: model 'fedbatch_haldane' has no state or input"),
+        ("inp = [0.0, 0.2]", "inp = [0.0, 5.0]", r"^bounds\.inp: \[0\.0, 5\.0\] exceeds the actuator's range"),
+        ("X_s = [0.0, 3.7]", "X_s = [0.0]", r"^bounds\.X_s: expected \[min, max\]"),
+        ("stage = { P_s = -1.0 }", "stage = { Q = -1.0 }", r"^objective\.stage\.Q: unknown name"),
+        ('kind = "nmpc"', 'kind = "pid"', r"^controller\.kind: unknown controller 'pid'"),
+        ("[loop]", "[lop]", r"^lop: unknown key$|^loop\.steps: required key is missing$"),
+        ("params = { Y_x = 0.5, S_in = 200.0 }   #", "params = { Y_x = nan, S_in = 200.0 }   #", r"^plant\.params\.Y_x: must not be NaN$"),
+        ("rtol = 1e-10", "rtol = 1e-10\nfoo = 1", r"^plant\.foo: unknown key$"),
+        ("[controller]", "[controller", r"invalid TOML"),
+    ],
+)
+def test_invalid_scenarios_name_the_key(old: str, new: str, message: str) -> None:
+    assert old in BASE
+    with pytest.raises(ScenarioError, match=message) as info:
+        parse_scenario(BASE.replace(old, new, 1))
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_file_is_a_scenario_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read scenario"):
+        load_scenario(tmp_path / "missing.toml")
