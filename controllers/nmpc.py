@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import casadi as ca
 import numpy as np
@@ -105,7 +106,7 @@ class Mpc:
         self._nw = len(lbw)
         self._ng = nx * (n + 1)
         nlp = {"x": ca.vertcat(*w), "p": ca.vertcat(x_init, p, u_prev), "f": cost, "g": ca.vertcat(*g)}
-        opts = {
+        opts: dict[str, Any] = {
             "expand": True,
             "print_time": False,
             "ipopt": {
@@ -163,7 +164,7 @@ class Mpc:
         stats = self._solver.stats()
         status = "ok" if stats["return_status"] in _OK_STATUSES else str(stats["return_status"])
         sol = np.asarray(res["x"], dtype=float).ravel()
-        nx, nu, s = self.spec.nx, self.spec.nu, self._stride
+        nx, s = self.spec.nx, self._stride
         fallback = None
         if status == "ok" and np.all(np.isfinite(sol)):
             plan = sol

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import casadi as ca
 
@@ -23,7 +24,7 @@ Bounds = tuple[float, float]
 Symbols = Mapping[str, ca.SX]
 
 
-def _frozen(mapping: Mapping[str, object]) -> MappingProxyType:  # type: ignore[type-arg]
+def _frozen(mapping: Mapping[str, Any]) -> MappingProxyType[str, Any]:
     return MappingProxyType(dict(mapping))
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from controllers.interfaces import ControlStep, Controller, FloatArray
+from controllers.interfaces import Controller, ControlStep, FloatArray
 
 __all__ = [
     "Clock",

@@ -121,7 +121,7 @@ def test_rk4_map_is_accurate_against_cvodes() -> None:
 def test_config_names_are_checked_against_the_model() -> None:
     spec = fedbatch_haldane()
     bad = MpcConfig(objective=Objective(stage={"titer": -1.0}))
-    with pytest.raises(ScenarioError, match="objective.stage.titer"):
+    with pytest.raises(ScenarioError, match=r"objective\.stage\.titer"):
         build_mpc(spec, bad)
-    with pytest.raises(ScenarioError, match="min 2.0 > max 1.0"):
+    with pytest.raises(ScenarioError, match=r"min 2\.0 > max 1\.0"):
         MpcConfig(input_bounds={"inp": (2.0, 1.0)})

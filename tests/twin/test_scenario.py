@@ -43,7 +43,11 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
         ("stage = { P_s = -1.0 }", "stage = { Q = -1.0 }", r"^objective\.stage\.Q: unknown name"),
         ('kind = "nmpc"', 'kind = "pid"', r"^controller\.kind: unknown controller 'pid'"),
         ("[loop]", "[lop]", r"^lop: unknown key$|^loop\.steps: required key is missing$"),
-        ("params = { Y_x = 0.5, S_in = 200.0 }   #", "params = { Y_x = nan, S_in = 200.0 }   #", r"^plant\.params\.Y_x: must not be NaN$"),
+        (
+            "params = { Y_x = 0.5, S_in = 200.0 }   #",
+            "params = { Y_x = nan, S_in = 200.0 }   #",
+            r"^plant\.params\.Y_x: must not be NaN$",
+        ),
         ("rtol = 1e-10", "rtol = 1e-10\nfoo = 1", r"^plant\.foo: unknown key$"),
         ("[controller]", "[controller", r"invalid TOML"),
     ],
