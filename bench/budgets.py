@@ -1,0 +1,35 @@
+"""The one table of timing budgets. Asserted only when benchmarking is enabled (``make bench``).
+
+Ratios against a reference measured in the same run are preferred to absolute times: this machine is
+shared and noisy, and a ratio survives that where a millisecond figure does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit on one measured figure."""
+
+    limit: float
+    unit: str
+    why: str
+
+
+BUDGETS: dict[str, Budget] = {
+    "nmpc_step_p50_ratio_vs_dompc": Budget(
+        1.0, "ratio", "our NMPC step must be faster than do-mpc's on the same problem (issue 2)"
+    ),
+    "simulator_step_p50_ms": Budget(5.0, "ms", "one 1-h CVODES step of the plant simulator"),
+    "zmq_write_roundtrip_p99_ms": Budget(
+        5.0, "ms", "write round trip to a plant server in another process over loopback TCP"
+    ),
+}
+
+
+def check(name: str, value: float) -> None:
+    """Assert ``value`` is within the budget called ``name``."""
+    budget = BUDGETS[name]
+    assert value <= budget.limit, f"{name} = {value:.4g} {budget.unit} exceeds {budget.limit} ({budget.why})"
