@@ -1,0 +1,281 @@
+"""The protocol handler: wire protocol v1 semantics on top of any :class:`~hil.backend.PlantBackend`.
+
+It turns one request frame from one client into one reply frame plus the telemetry to publish. It owns
+everything that must be the same for a simulated plant and a hardware gateway:
+
+* validation against the devices: unknown device, non-finite value, outside ``[min, max]`` (inclusive);
+  a write to a *sensor* is refused as ``unknown_device`` (there is no actuator of that name);
+* all-or-nothing writes: every setpoint is checked before any is applied;
+* idempotent sequence numbers per client (clients are told apart by their ZeroMQ routing id);
+* ``valid_until`` → ``stale``;
+* the plant state (``armed`` / ``failsafe``) and ``watchdog_s``.
+
+Order of the checks on ``write``: failsafe, then seq (a repeat gets the earlier reply, a lower seq is
+``stale``), then ``valid_until``, then device names, finiteness, limits. A failed write does not use up
+its seq: the client may send the same seq again, corrected.
+
+The watchdog of the next issue drops in here: it calls :meth:`ProtocolHandler.enter_failsafe` when a
+client goes quiet for ``watchdog_s``; an ``arm`` op will call :meth:`ProtocolHandler.arm`.
+
+It has no sockets; :mod:`hil.server` moves its bytes, :class:`hil.inprocess.InProcessPlant` calls it
+directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hil.backend import PlantBackend
+from hil.protocol import (
+    FAILSAFE,
+    INTERNAL,
+    NOT_FINITE,
+    OUT_OF_RANGE,
+    PROTOCOL_VERSION,
+    STALE,
+    TOPIC_EVENT,
+    TOPIC_MEAS,
+    UNKNOWN_DEVICE,
+    UNSUPPORTED,
+    Advance,
+    Heartbeat,
+    Hello,
+    Read,
+    Request,
+    RequestError,
+    Write,
+    decode_request,
+    device_to_wire,
+    encode_error,
+    encode_json,
+    encode_reply,
+    readings_to_wire,
+)
+from plant_models.errors import BioimpError
+from twin.interfaces import DeviceInfo, PlantState
+
+__all__ = ["ClockKind", "ProtocolHandler", "Telemetry"]
+
+log = logging.getLogger("bioimp.hil")
+
+ClockKind = Literal["virtual", "realtime"]
+#: A telemetry message to publish: (topic, payload).
+Telemetry = tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class _ClientSeq:
+    """The last write a client had applied: its seq and the reply body (time, applied) it got."""
+
+    seq: int
+    result: Mapping[str, Any]
+
+
+class ProtocolHandler:
+    """Serves wire protocol v1 requests against a backend.
+
+    Attributes:
+        backend: the device-level plant.
+        clock: ``"virtual"`` (time moves only on ``advance``) or ``"realtime"`` (the server moves it with
+            the wall clock via :meth:`advance_to`; the ``advance`` op is ``unsupported``).
+        watchdog_s: seconds of client silence before fail-safe; ``None`` (no watchdog yet).
+    """
+
+    def __init__(
+        self,
+        backend: PlantBackend,
+        *,
+        clock: ClockKind = "virtual",
+        watchdog_s: float | None = None,
+        max_clients: int = 10_000,
+    ) -> None:
+        """Serve ``backend``.
+
+        Args:
+            backend: the plant (simulated or a gateway).
+            clock: who moves plant time (see the class docstring).
+            watchdog_s: reported in ``hello``; enforced from the watchdog issue on.
+            max_clients: remembered per-client seqs; the least recently written client is forgotten
+                beyond this (its next write is accepted whatever its seq).
+        """
+        if clock not in ("virtual", "realtime"):
+            raise ValueError(f"clock must be 'virtual' or 'realtime', not {clock!r}")
+        self.backend = backend
+        self.clock: ClockKind = clock
+        self.watchdog_s = watchdog_s
+        self._state: PlantState = "armed"
+        self._devices: dict[str, DeviceInfo] = {d.name: d for d in backend.devices()}
+        self._clients: OrderedDict[bytes, _ClientSeq] = OrderedDict()
+        self._max_clients = max_clients
+
+    @property
+    def state(self) -> PlantState:
+        """``"armed"`` (writes accepted) or ``"failsafe"`` (actuators safe, writes refused)."""
+        return self._state
+
+    # ----------------------------------------------------------------------------------------------
+    # Requests
+
+    def handle(self, client_id: bytes, frame: bytes) -> tuple[bytes, list[Telemetry]]:
+        """Serve one request frame from one client.
+
+        Never raises: any bad input becomes an error reply and changes nothing.
+
+        Args:
+            client_id: who sent it (the ZeroMQ routing id); seq numbers are per client.
+            frame: the request payload.
+
+        Returns:
+            The reply frame and the telemetry messages to publish (``meas`` after an ``advance``).
+        """
+        request_id = None
+        try:
+            request = decode_request(frame)
+            request_id = request.id
+            fields, telemetry = self._dispatch(client_id, request)
+            return encode_reply(request_id, fields), telemetry
+        except RequestError as exc:
+            return encode_error(exc.request_id, exc.code, exc.message), []
+        except BioimpError as exc:
+            # The backend failed (e.g. the integrator diverged): report it, keep serving.
+            log.error("backend failed: %s", exc)
+            return encode_error(request_id, INTERNAL, f"plant backend failed: {exc}"), []
+        except Exception as exc:  # a bug must not stop the plant server
+            log.exception("unexpected error while handling a request")
+            return encode_error(request_id, INTERNAL, f"internal error: {type(exc).__name__}"), []
+
+    def _dispatch(self, client_id: bytes, request: Request) -> tuple[dict[str, Any], list[Telemetry]]:
+        if isinstance(request, Hello):
+            return self._hello(), []
+        if isinstance(request, Read):
+            return self._read(request), []
+        if isinstance(request, Write):
+            return self._write(client_id, request), []
+        if isinstance(request, Advance):
+            return self._advance(request)
+        if isinstance(request, Heartbeat):
+            # Watchdog seam: a heartbeat will feed the client's watchdog here.
+            return {"time": self.backend.time_s, "state": self._state}, []
+        raise AssertionError(f"unhandled request type {type(request).__name__}")
+
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "plant": self.backend.name,
+            "clock": self.clock,
+            "time": self.backend.time_s,
+            "state": self._state,
+            "watchdog_s": self.watchdog_s,
+            "devices": [device_to_wire(d) for d in self._devices.values()],
+        }
+
+    def _read(self, request: Read) -> dict[str, Any]:
+        if request.names is not None:
+            for name in request.names:
+                if name not in self._devices:
+                    raise RequestError(UNKNOWN_DEVICE, f"no device named {name!r}", request.id)
+        return readings_to_wire(self.backend.time_s, self.backend.read(request.names))
+
+    def _write(self, client_id: bytes, request: Write) -> dict[str, Any]:
+        rid = request.id
+        if self._state == "failsafe":
+            raise RequestError(FAILSAFE, "the plant is in fail-safe; writes are refused until re-armed", rid)
+        last = self._clients.get(client_id)
+        if last is not None:
+            if request.seq == last.seq:
+                return dict(last.result)  # idempotent retry: the earlier reply, applied once
+            if request.seq < last.seq:
+                raise RequestError(STALE, f"seq {request.seq} is not greater than the last applied seq {last.seq}", rid)
+        now = self.backend.time_s
+        if request.valid_until_s is not None:
+            if not math.isfinite(request.valid_until_s):
+                raise RequestError(NOT_FINITE, "'valid_until' must be finite", rid)
+            if now > request.valid_until_s:
+                raise RequestError(STALE, f"valid until t={request.valid_until_s} s but the plant is at t={now} s", rid)
+        self._check_setpoints(request)
+        applied = self.backend.apply(request.setpoints)
+        result = {"time": self.backend.time_s, "applied": dict(applied)}
+        self._remember(client_id, _ClientSeq(request.seq, result))
+        return dict(result)
+
+    def _check_setpoints(self, request: Write) -> None:
+        """All checks before anything is applied: that is what makes a write all or nothing."""
+        rid = request.id
+        for name in request.setpoints:
+            device = self._devices.get(name)
+            if device is None:
+                raise RequestError(UNKNOWN_DEVICE, f"no actuator named {name!r}", rid)
+            if device.kind != "actuator":
+                raise RequestError(UNKNOWN_DEVICE, f"{name!r} is a sensor, not an actuator", rid)
+        for name, value in request.setpoints.items():
+            if not math.isfinite(value):
+                raise RequestError(NOT_FINITE, f"setpoint {name!r} is not a finite number", rid)
+        for name, value in request.setpoints.items():
+            device = self._devices[name]
+            if (device.min is not None and value < device.min) or (device.max is not None and value > device.max):
+                raise RequestError(
+                    OUT_OF_RANGE,
+                    f"setpoint {name!r}={value} outside [{device.min}, {device.max}] {device.unit}",
+                    rid,
+                )
+
+    def _remember(self, client_id: bytes, entry: _ClientSeq) -> None:
+        self._clients[client_id] = entry
+        self._clients.move_to_end(client_id)
+        while len(self._clients) > self._max_clients:
+            self._clients.popitem(last=False)
+
+    def _advance(self, request: Advance) -> tuple[dict[str, Any], list[Telemetry]]:
+        rid = request.id
+        if self.clock != "virtual":
+            raise RequestError(UNSUPPORTED, "advance needs a virtual clock; this plant runs in real time", rid)
+        if not math.isfinite(request.dt_s):
+            raise RequestError(NOT_FINITE, "'dt' must be a finite number of seconds", rid)
+        if request.dt_s < 0:
+            raise RequestError(OUT_OF_RANGE, f"'dt' must be >= 0 s, got {request.dt_s}", rid)
+        time_s = self.backend.advance(request.dt_s)
+        return {"time": time_s}, [self.sample()]
+
+    # ----------------------------------------------------------------------------------------------
+    # Called by the server (real-time clock) and, from the watchdog issue on, by the watchdog.
+
+    def advance_to(self, t_s: float) -> None:
+        """Move plant time on to ``t_s`` (real-time clock); nothing happens if it is already there.
+
+        Raises:
+            SolverFailed: the backend could not integrate.
+        """
+        dt_s = t_s - self.backend.time_s
+        if dt_s > 0:
+            self.backend.advance(dt_s)
+
+    def sample(self) -> Telemetry:
+        """A ``meas`` telemetry message with the current readings of every device."""
+        return TOPIC_MEAS, encode_json(
+            {"v": PROTOCOL_VERSION, **readings_to_wire(self.backend.time_s, self.backend.read())}
+        )
+
+    def enter_failsafe(self, reason: str) -> list[Telemetry]:
+        """Put every actuator at its safe value and refuse writes until :meth:`arm`.
+
+        Returns:
+            The ``event`` telemetry announcing the state change (empty if already in fail-safe).
+        """
+        self.backend.apply_safe()
+        return self._set_state("failsafe", reason)
+
+    def arm(self, reason: str = "armed") -> list[Telemetry]:
+        """Accept writes again (the actuators stay where they are until the next write)."""
+        return self._set_state("armed", reason)
+
+    def _set_state(self, state: PlantState, reason: str) -> list[Telemetry]:
+        if state == self._state:
+            return []
+        self._state = state
+        event = {"v": PROTOCOL_VERSION, "time": self.backend.time_s, "state": state, "reason": reason}
+        return [(TOPIC_EVENT, encode_json(event))]
