@@ -42,3 +42,7 @@ class ProtocolError(BioimpError, ValueError):
 
 class PlantTimeout(BioimpError, TimeoutError):
     """The plant did not answer within the allowed time."""
+
+
+class ConformanceError(BioimpError, AssertionError):
+    """A Plant does not behave as wire protocol v1 says (raised by ``twin.conformance.check_plant``)."""
