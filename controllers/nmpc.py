@@ -65,6 +65,7 @@ class Mpc:
         n, nx, nu = config.horizon, spec.nx, spec.nu
         dt = config.dt_model(spec)
         step_fn = rk4_step(spec, dt, config.substeps)
+        self._step_fn = step_fn
         stage = _weighted_signals(spec, dict(config.objective.stage))
         terminal = _weighted_signals(spec, dict(config.objective.terminal))
         du_w = ca.DM([config.objective.delta_u.get(name, 0.0) for name in spec.inputs])
@@ -132,10 +133,15 @@ class Mpc:
         self._lam_g0 = np.zeros(self._ng)
         self._stride = nx + nu
 
-    def _initial_guess(self, x: FloatArray) -> FloatArray:
-        u_guess = np.clip(self._u_prev, self._lbw[self.spec.nx : self._stride], self._ubw[self.spec.nx : self._stride])
-        stage = np.concatenate([x, u_guess])
-        return np.concatenate([np.tile(stage, self.config.horizon), x])
+    def _initial_guess(self, x: FloatArray, p: FloatArray) -> FloatArray:
+        """Cold start: hold the last input and roll the model out, so the guess satisfies the dynamics."""
+        nx, s = self.spec.nx, self._stride
+        u_guess = np.clip(self._u_prev, self._lbw[nx:s], self._ubw[nx:s])
+        guess = [x]
+        for _ in range(self.config.horizon):
+            x_next = np.asarray(self._step_fn(guess[-1], u_guess, p), dtype=float).ravel()
+            guess += [u_guess, x_next if np.all(np.isfinite(x_next)) else guess[-1]]
+        return np.concatenate(guess)
 
     def _shift(self, sol: FloatArray) -> FloatArray:
         """Shift a stage-wise vector one interval forward, repeating the last interval (warm start)."""
@@ -150,7 +156,7 @@ class Mpc:
         (``fallback="shifted_plan"``), or to the safe inputs if it has no plan yet.
         """
         start = time.perf_counter()
-        w0 = self._initial_guess(x) if self._w0 is None else self._w0
+        w0 = self._initial_guess(x, p) if self._w0 is None else self._w0
         res = self._solver(
             x0=w0,
             lam_x0=self._lam_x0,
@@ -176,10 +182,12 @@ class Mpc:
             plan = self._w0  # already the previous plan shifted by one interval
             fallback = "shifted_plan"
         else:
-            plan = self._initial_guess(x)
+            plan = self._initial_guess(x, p)
             plan[nx:s] = [self.spec.input_safe[name] for name in self.spec.inputs]
             fallback = "safe_hold"
-        u = np.array(plan[nx:s])
+        # Ipopt may end a hair outside a bound (bound_relax_factor, 1e-8); the plant refuses any
+        # out-of-range setpoint, so the input is clipped to its bounds before it leaves.
+        u = np.clip(plan[nx:s], self._lbw[nx:s], self._ubw[nx:s])
         self._u_prev = u
         self._w0 = self._shift(plan)
         n = self.config.horizon

@@ -18,7 +18,8 @@ from twin.record import MemoryRecord
 @dataclass(frozen=True)
 class Trajectory:
     """The run as arrays: ``t_s`` (steps+1), measured states ``x`` (steps+1, nx), applied ``u``
-    (steps+1, nu; the input held from each time to the next, NaN on the last row)."""
+    (steps+1, nu): the input the plant held from each time to the next (after a refused write, the
+    previous one), NaN on the last row."""
 
     t_s: FloatArray
     x: FloatArray
@@ -33,7 +34,20 @@ def trajectory(spec: ModelSpec, record: MemoryRecord) -> Trajectory:
     for row in record.setpoints:
         if row.state == "applied":
             u[row.step] = [row.values[n] for n in spec.inputs]
+    held = initial_inputs(spec, record)
+    for k in range(len(t) - 1):
+        if np.isnan(u[k]).any():
+            u[k] = held
+        held = u[k]
     return Trajectory(t, x, u)
+
+
+def initial_inputs(spec: ModelSpec, record: MemoryRecord) -> FloatArray:
+    """The actuator values the plant reported before the first step (safe values if it did not)."""
+    first = record.measurements_[0][1].values
+    return np.array([
+        first[n].value if n in first and first[n].value is not None else spec.input_safe[n] for n in spec.inputs
+    ])
 
 
 def closed_loop_objective(spec: ModelSpec, mpc: MpcConfig, traj: Trajectory, p: FloatArray, u0: FloatArray) -> float:
@@ -87,8 +101,7 @@ def summary(
     """The summary.json content of a run."""
     traj = trajectory(spec, record)
     step_ms = np.array([c.compute_s for _, _, c in record.controls]) * 1e3
-    first = record.measurements_[0][1]
-    u0 = np.array([first.values[n].value if first.values.get(n) else spec.input_safe[n] for n in spec.inputs])
+    u0 = initial_inputs(spec, record)
     return {
         "model": spec.name,
         "final_states": {n: float(v) for n, v in zip(spec.states, traj.x[-1], strict=True)},
