@@ -198,7 +198,7 @@ def _to_float(value: int | float) -> float:
     try:
         return float(value)
     except OverflowError:
-        return math.copysign(math.inf, value)
+        return math.inf if value > 0 else -math.inf
 
 
 def _is_scalar_id(value: object) -> bool:

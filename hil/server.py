@@ -246,10 +246,17 @@ def _parse_assignments(items: Sequence[str], option: str) -> dict[str, float]:
     return values
 
 
+def _parse_float(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ScenarioError(f"{option} expects a number of seconds, got {text!r}") from None
+
+
 def run_plant_serve(args: argparse.Namespace) -> int:
     """The ``plant serve`` subcommand: ``args`` from :func:`add_plant_serve_parser`; returns the exit code."""
     try:
-        sample_period_s = float(args.sample_period)
+        sample_period_s = _parse_float(args.sample_period, "--sample-period")
         config = ServeConfig(
             model=args.model,
             command=args.command,
@@ -259,7 +266,7 @@ def run_plant_serve(args: argparse.Namespace) -> int:
             params=_parse_assignments(args.param, "--param"),
             sample_period_s=sample_period_s,
         )
-    except ValueError as exc:  # ScenarioError is a ValueError, and so is a bad --sample-period
+    except ScenarioError as exc:
         return _fail(str(exc), 2)
     return serve_plant(config)
 

@@ -1,0 +1,255 @@
+"""Wire protocol v1 through real sockets, against ``bioimp plant serve`` running in its own process."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from hil.client import TelemetrySubscriber, ZmqPlant
+from hil.launch import PlantProcess
+from plant_models.errors import ProtocolError
+from tests.hil.rawclient import RawClient
+
+HELLO = b'{"v":1,"id":"h","op":"hello"}'
+
+
+@pytest.fixture
+def plant(fedbatch_server: PlantProcess) -> Iterator[ZmqPlant]:
+    with ZmqPlant(fedbatch_server.command, timeout_s=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+def raw(fedbatch_server: PlantProcess) -> Iterator[RawClient]:
+    client = RawClient(fedbatch_server.command)
+    yield client
+    client.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Framing
+
+
+def test_req_client_with_empty_delimiter_is_answered(fedbatch_server: PlantProcess) -> None:
+    req = RawClient(fedbatch_server.command, kind=zmq.REQ)
+    try:
+        [reply] = req.exchange([b'{"v":1,"id":17,"op":"hello"}'])  # REQ adds and strips the delimiter
+    finally:
+        req.close()
+    obj = json.loads(reply)
+    assert (obj["id"], obj["ok"], obj["plant"]) == (17, True, "fedbatch_haldane")
+
+
+def test_dealer_is_answered_in_the_framing_it_used(raw: RawClient) -> None:
+    bare = raw.exchange([HELLO])
+    delimited = raw.exchange([b"", HELLO])
+    assert len(bare) == 1 and json.loads(bare[0])["ok"] is True
+    assert delimited[0] == b"" and len(delimited) == 2 and json.loads(delimited[1])["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("frames", "reply_prefix"),
+    [
+        ([b"a", b"b", b"c"], []),
+        ([b'{"v":1,"id":1,"op":"hello"}', HELLO], []),
+        ([b"", b"x", b"\xff", b"y"], [b""]),
+    ],
+)
+def test_multi_frame_garbage_gets_bad_request(
+    raw: RawClient, plant: ZmqPlant, frames: list[bytes], reply_prefix: list[bytes]
+) -> None:
+    before = plant.read()
+    reply = raw.exchange(frames)
+    assert reply[:-1] == reply_prefix
+    obj = json.loads(reply[-1])
+    assert (obj["ok"], obj["id"], obj["error"]["code"]) == (False, None, "bad_request")
+    assert plant.read() == before
+    assert json.loads(raw.exchange([HELLO])[0])["ok"] is True
+
+
+def test_req_multipart_garbage_gets_bad_request(fedbatch_server: PlantProcess) -> None:
+    req = RawClient(fedbatch_server.command, kind=zmq.REQ)
+    try:
+        [reply] = req.exchange([HELLO, b"extra"])
+    finally:
+        req.close()
+    assert json.loads(reply)["error"]["code"] == "bad_request"
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: exact code, nothing changed, server still answers
+
+W = b'{"v":1,"id":9,"op":"write","seq":1,"setpoints":'
+A = b'{"v":1,"id":9,"op":"advance","dt":'
+
+BAD_INPUTS = [
+    # (label, frame, code, echoed id)
+    ("non-utf8", b"\xff\xfe\x00\x81garbage", "bad_request", None),
+    ("random bytes", random.Random(0).randbytes(4096), "bad_request", None),
+    ("empty", b"", "bad_request", None),
+    ("not json", b"hello plant", "bad_request", None),
+    ("json array", b"[1, 2, 3]", "bad_request", None),
+    ("json string", b'"hello"', "bad_request", None),
+    ("empty object", b"{}", "bad_request", None),
+    ("no id", b'{"v":1,"op":"hello"}', "bad_request", None),
+    ("object id", b'{"v":1,"id":{"a":1},"op":"hello"}', "bad_request", None),
+    ("NaN id", b'{"v":1,"id":NaN,"op":"hello"}', "bad_request", None),
+    ("deep nesting", b"[" * 100_000, "bad_request", None),
+    ("deep objects", b'{"a":' * 50_000, "bad_request", None),
+    ("truncated", b'{"v":1,"id":9,"op":"hel', "bad_request", None),
+    ("no version", b'{"id":9,"op":"hello"}', "bad_request", 9),
+    ("bool version", b'{"v":true,"id":9,"op":"hello"}', "bad_request", 9),
+    ("string version", b'{"v":"1","id":9,"op":"hello"}', "bad_request", 9),
+    ("version 2", b'{"v":2,"id":9,"op":"hello"}', "unsupported_version", 9),
+    ("no op", b'{"v":1,"id":9}', "bad_request", 9),
+    ("numeric op", b'{"v":1,"id":9,"op":7}', "bad_request", 9),
+    ("unknown op", b'{"v":1,"id":9,"op":"self_destruct"}', "unknown_op", 9),
+    ("1e400", W + b'{"inp":1e400}}', "not_finite", 9),
+    ("NaN literal", W + b'{"inp":NaN}}', "not_finite", 9),
+    ("Infinity literal", W + b'{"inp":Infinity}}', "not_finite", 9),
+    ("-Infinity literal", W + b'{"inp":-Infinity}}', "not_finite", 9),
+    ("400-digit int", W + b'{"inp":1' + b"0" * 400 + b"}}", "not_finite", 9),
+    ("5000-digit int", W + b'{"inp":1' + b"0" * 5000 + b"}}", "bad_request", None),
+    ("bool as number", W + b'{"inp":true}}', "bad_request", 9),
+    ("string as number", W + b'{"inp":"0.1"}}', "bad_request", 9),
+    ("null setpoint", W + b'{"inp":null}}', "bad_request", 9),
+    ("setpoints list", W + b"[0.1]}", "bad_request", 9),
+    ("duplicate key", W + b'{"inp":0.05,"inp":0.15}}', "bad_request", None),
+    ("above max", W + b'{"inp":0.2000001}}', "out_of_range", 9),
+    ("below min", W + b'{"inp":-0.01}}', "out_of_range", 9),
+    ("unknown device", W + b'{"pump_9":0.1}}', "unknown_device", 9),
+    ("good and unknown", W + b'{"inp":0.15,"pump_9":0.1}}', "unknown_device", 9),
+    ("write to sensor", W + b'{"X_s":2.0}}', "unknown_device", 9),
+    ("no setpoints", b'{"v":1,"id":9,"op":"write","seq":1}', "bad_request", 9),
+    ("no seq", b'{"v":1,"id":9,"op":"write","setpoints":{"inp":0.1}}', "bad_request", 9),
+    ("float seq", b'{"v":1,"id":9,"op":"write","seq":1.5,"setpoints":{"inp":0.1}}', "bad_request", 9),
+    ("bool seq", b'{"v":1,"id":9,"op":"write","seq":true,"setpoints":{"inp":0.1}}', "bad_request", 9),
+    ("valid_until past", W + b'{"inp":0.15},"valid_until":-1.0}', "stale", 9),
+    ("valid_until NaN", W + b'{"inp":0.15},"valid_until":NaN}', "not_finite", 9),
+    ("valid_until string", W + b'{"inp":0.15},"valid_until":"soon"}', "bad_request", 9),
+    ("dt NaN", A + b"NaN}", "not_finite", 9),
+    ("dt 1e400", A + b"1e400}", "not_finite", 9),
+    ("dt negative", A + b"-1}", "out_of_range", 9),
+    ("dt string", A + b'"60"}', "bad_request", 9),
+    ("dt bool", A + b"true}", "bad_request", 9),
+    ("no dt", b'{"v":1,"id":9,"op":"advance"}', "bad_request", 9),
+    ("read unknown", b'{"v":1,"id":9,"op":"read","names":["nope"]}', "unknown_device", 9),
+    ("read names string", b'{"v":1,"id":9,"op":"read","names":"inp"}', "bad_request", 9),
+    ("read names numbers", b'{"v":1,"id":9,"op":"read","names":[1]}', "bad_request", 9),
+]
+
+
+@pytest.mark.parametrize(("frame", "code", "request_id"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_with_its_code_changes_nothing_and_the_server_keeps_serving(
+    plant: ZmqPlant, raw: RawClient, frame: bytes, code: str, request_id: object
+) -> None:
+    plant.write({"inp": 0.1}, seq=1)  # a known applied value that a bad write must not touch
+    before = plant.read()
+    reply = raw.send_raw(frame)
+    assert reply["v"] == 1 and reply["ok"] is False
+    assert (reply["error"]["code"], reply["id"]) == (code, request_id)
+    assert isinstance(reply["error"]["message"], str) and reply["error"]["message"]
+    assert plant.read() == before  # same plant time, same sample, same applied value
+    assert raw.send_raw(HELLO)["ok"] is True
+    # The raw client's seq 1 was never used up by the refused write.
+    assert raw.call({"id": 1, "op": "write", "seq": 1, "setpoints": {"inp": 0.1}})["applied"] == {"inp": 0.1}
+
+
+# ------------------------------------------------------------------------------------------------
+# Idempotency and routing ids
+
+
+def test_same_seq_twice_gets_the_earlier_reply_and_is_applied_once(raw: RawClient, plant: ZmqPlant) -> None:
+    first = raw.call({"id": "a", "op": "write", "seq": 7, "setpoints": {"inp": 0.05}})
+    assert first["ok"] is True
+    plant.advance(10.0)
+    again = raw.call({"id": "b", "op": "write", "seq": 7, "setpoints": {"inp": 0.15}})
+    assert again == {**first, "id": "b"}  # earlier time and applied values, this request's id
+    assert plant.read(("inp",)).values["inp"].value == 0.05
+    lower = raw.call({"id": "c", "op": "write", "seq": 6, "setpoints": {"inp": 0.15}})
+    assert lower["error"]["code"] == "stale"
+    assert plant.read(("inp",)).values["inp"].value == 0.05
+
+
+def test_two_routing_ids_have_separate_seq_spaces(fedbatch_server: PlantProcess) -> None:
+    with (
+        ZmqPlant(fedbatch_server.command, identity=b"client-a") as a,
+        ZmqPlant(fedbatch_server.command, identity=b"client-b") as b,
+    ):
+        assert a.write({"inp": 0.05}, seq=100).applied == {"inp": 0.05}
+        assert b.write({"inp": 0.15}, seq=100).applied == {"inp": 0.15}  # b's seq 100 is new
+        assert a.write({"inp": 0.10}, seq=100).applied == {"inp": 0.05}  # a's earlier reply, not applied
+        assert a.read(("inp",)).values["inp"].value == 0.15
+
+
+def test_reconnecting_with_the_same_routing_id_keeps_the_seq(fedbatch_server: PlantProcess) -> None:
+    with ZmqPlant(fedbatch_server.command, identity=b"controller-7") as first:
+        assert first.write({"inp": 0.05}, seq=40).applied == {"inp": 0.05}
+    with ZmqPlant(fedbatch_server.command, identity=b"controller-7") as second:
+        assert second.write({"inp": 0.15}, seq=40).applied == {"inp": 0.05}
+        with pytest.raises(ProtocolError) as info:
+            second.write({"inp": 0.15}, seq=39)
+        assert info.value.code == "stale"
+        assert second.read(("inp",)).values["inp"].value == 0.05
+        assert second.write({"inp": 0.15}, seq=41).applied == {"inp": 0.15}
+    with ZmqPlant(fedbatch_server.command, identity=b"controller-8") as other:
+        assert other.write({"inp": 0.01}, seq=1).applied == {"inp": 0.01}
+
+
+# ------------------------------------------------------------------------------------------------
+# Time, staleness, telemetry
+
+
+def test_valid_until_is_checked_against_plant_time(plant: ZmqPlant) -> None:
+    now = plant.advance(30.0)
+    with pytest.raises(ProtocolError) as info:
+        plant.write({"inp": 0.12}, seq=1, valid_until_s=now - 1e-3)
+    assert info.value.code == "stale"
+    assert plant.write({"inp": 0.12}, seq=1, valid_until_s=now).applied == {"inp": 0.12}
+
+
+def test_meas_is_published_after_every_advance(fedbatch_server: PlantProcess, plant: ZmqPlant) -> None:
+    with TelemetrySubscriber(fedbatch_server.telemetry, topics=("meas",)) as sub:
+        # PUB/SUB has no handshake: advance until the subscription has reached the server.
+        for _ in range(200):
+            plant.advance(0.5)
+            if sub.receive(timeout_s=0.05) is not None:
+                break
+        else:
+            pytest.fail("no meas message after 200 advances")
+        while sub.receive(timeout_s=0.0) is not None:
+            pass  # drain what is in flight; from here on every advance must publish exactly one meas
+        for dt in (1.0, 2.0):
+            t = plant.advance(dt)
+            msg = sub.receive(timeout_s=5.0)
+            assert msg is not None and msg.topic == "meas"
+            assert msg.payload["v"] == 1
+            assert msg.measurements().time_s == t
+            assert msg.measurements() == plant.read()  # the read payload, exactly
+        assert sub.receive(timeout_s=0.0) is None
+
+
+def test_realtime_plant_refuses_advance(realtime_server: PlantProcess) -> None:
+    with ZmqPlant(realtime_server.command) as rt:
+        assert rt.hello().clock == "realtime"
+        t0 = rt.read().time_s
+        with pytest.raises(ProtocolError) as info:
+            rt.advance(60.0)
+        assert info.value.code == "unsupported"
+        assert rt.read().time_s < t0 + 60.0
+
+
+def test_realtime_plant_follows_the_wall_clock_and_samples(realtime_server: PlantProcess) -> None:
+    with ZmqPlant(realtime_server.command) as rt, TelemetrySubscriber(realtime_server.telemetry) as sub:
+        first = sub.receive(timeout_s=5.0)
+        second = sub.receive(timeout_s=5.0)
+        assert first is not None and second is not None
+        t1, t2 = first.measurements().time_s, second.measurements().time_s
+        # Sample period 0.05 s: consecutive samples are one period apart (generous bounds for slow CI).
+        assert 0.02 < t2 - t1 < 1.0
+        assert rt.read().time_s >= t2
+        assert second.measurements().values["X_s"].t_s == t2
