@@ -50,14 +50,24 @@ def _assignments(option: str, values: Mapping[str, float] | None) -> list[str]:
 
 
 def _read_ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
-    """The first stdout line of ``proc``, waiting at most ``timeout_s``; '' if stdout closed first."""
+    """The first stdout line of ``proc`` that starts with ``ready``, waiting at most ``timeout_s``.
+
+    Other lines (a library's banner) are skipped. Returns the last line seen ('' if none) when stdout
+    closes first, i.e. the server exited.
+    """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     buffer = b""
+    last = ""
     deadline = time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buffer:
+        while True:
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                last = raw.decode("utf-8", "replace").strip()
+                if last.startswith("ready "):
+                    return last
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PlantTimeout(f"plant server not ready within {timeout_s} s")
@@ -65,9 +75,8 @@ def _read_ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
                 continue
             chunk = os.read(fd, 4096)
             if not chunk:
-                return ""
+                return last
             buffer += chunk
-    return buffer.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:

@@ -12,7 +12,8 @@ import zmq
 
 from hil.client import ZmqPlant
 from hil.launch import PlantServerError, spawn_plant_server
-from tests.hil.conftest import REPO
+from plant_models.errors import PlantTimeout
+from tests.hil.conftest import REPO, env_with_test_models
 
 SERVE = [sys.executable, "-m", "hil.cli", "plant", "serve"]
 
@@ -95,4 +96,16 @@ def test_bad_options_exit_2_with_one_line_and_no_traceback(args: list[str], mess
 
 def test_spawn_reports_a_server_that_fails_to_start() -> None:
     with pytest.raises(PlantServerError, match="unknown model"), spawn_plant_server("no_such_model"):
+        pytest.fail("must not be reached")
+
+
+def test_spawn_skips_stdout_lines_before_ready() -> None:
+    model = "tests.hil.two_input_model:noisy_two_input"
+    with spawn_plant_server(model, env=env_with_test_models()) as server, ZmqPlant(server.command) as plant:
+        assert plant.hello().plant == "two_input"
+    assert server.process.returncode == 0
+
+
+def test_spawn_times_out_and_stops_a_server_that_is_not_ready_in_time() -> None:
+    with pytest.raises(PlantTimeout, match="not ready"), spawn_plant_server("fedbatch_haldane", ready_timeout_s=0.001):
         pytest.fail("must not be reached")

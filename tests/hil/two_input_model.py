@@ -32,3 +32,9 @@ def two_input() -> ModelSpec:
         time_unit="s",
         seconds_per_time_unit=1.0,
     )
+
+
+def noisy_two_input() -> ModelSpec:
+    """The same tank, from a factory that prints a banner on stdout (as some libraries do)."""
+    print("two_input model factory v0 - hello from stdout", flush=True)
+    return two_input()
