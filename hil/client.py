@@ -9,6 +9,8 @@
   resent up to ``retries`` times - safe because writes are idempotent per seq - then
   :class:`~plant_models.errors.PlantTimeout` is raised. ``advance`` is not idempotent and is never resent.
 * a reply whose id is not the one awaited (a late reply to an earlier request) is discarded.
+
+Like every ZeroMQ socket, a ZmqPlant belongs to one thread at a time.
 """
 
 from __future__ import annotations
