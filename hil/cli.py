@@ -12,28 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from plant_models.errors import BioimpError, InputDataError
+from plant_models.errors import BioimpError
 from plant_models.registry import BUILTIN_MODELS, resolve_model
 
 EXIT_USAGE = 2
-
-
-def parse_assignments(items: Sequence[str], what: str) -> dict[str, float]:
-    """Parse ``name=value`` command-line items into floats.
-
-    Raises:
-        InputDataError: an item is not ``name=number``.
-    """
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise InputDataError(f"{what}: expected name=number, got {item!r}") from None
-    return out
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -48,6 +30,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hil.server import parse_assignments
     from twin.openloop import read_inputs_csv, simulate_openloop, write_states_csv
 
     spec = resolve_model(args.model)
@@ -75,8 +58,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         finally:
             plant.close()
     else:
+        tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
         with spawn_plant_server(
-            scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params)
+            scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params), extra_args=tolerances
         ) as server:
             plant = ZmqPlant(server.command)
             try:

@@ -30,6 +30,7 @@ from hil.protocol import BAD_REQUEST, encode_error, split_envelope
 from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import resolve_model
 from twin.simulated_plant import SimulatedPlant
+from twin.simulator import SimulatorConfig
 
 __all__ = ["PlantServer", "ServeConfig", "add_plant_serve_parser", "run_plant_serve", "serve_plant"]
 
@@ -52,6 +53,7 @@ class ServeConfig:
         x0: initial state overrides (model units).
         params: the plant's true parameters (model units); others stay nominal.
         sample_period_s: real-time clock: seconds between published ``meas`` messages.
+        rtol, atol: the plant integrator's tolerances (CVODES).
     """
 
     model: str
@@ -61,6 +63,8 @@ class ServeConfig:
     x0: Mapping[str, float] = field(default_factory=dict)
     params: Mapping[str, float] = field(default_factory=dict)
     sample_period_s: float = 1.0
+    rtol: float = 1e-10
+    atol: float = 1e-10
 
     def __post_init__(self) -> None:
         if self.clock not in ("virtual", "realtime"):
@@ -195,7 +199,9 @@ def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
     except Exception as exc:  # a user factory may raise anything; the CLI must not show a traceback
         return _fail(f"cannot load model {config.model!r}: {exc}", 2)
     try:
-        backend = SimulatedPlant(spec, params=config.params, x0=config.x0)
+        backend = SimulatedPlant(
+            spec, params=config.params, x0=config.x0, sim_config=SimulatorConfig(config.rtol, config.atol)
+        )
     except BioimpError as exc:
         return _fail(str(exc), 2)
     handler = ProtocolHandler(backend, clock=config.clock)
@@ -228,7 +234,7 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def _parse_assignments(items: Sequence[str], option: str) -> dict[str, float]:
+def parse_assignments(items: Sequence[str], option: str) -> dict[str, float]:
     """``["X_s=1.5", ...]`` → ``{"X_s": 1.5}``.
 
     Raises:
@@ -250,7 +256,7 @@ def _parse_float(text: str, option: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise ScenarioError(f"{option} expects a number of seconds, got {text!r}") from None
+        raise ScenarioError(f"{option} expects a number, got {text!r}") from None
 
 
 def run_plant_serve(args: argparse.Namespace) -> int:
@@ -262,9 +268,11 @@ def run_plant_serve(args: argparse.Namespace) -> int:
             command=args.command,
             telemetry=args.telemetry,
             clock=args.clock,
-            x0=_parse_assignments(args.x0, "--x0"),
-            params=_parse_assignments(args.param, "--param"),
+            x0=parse_assignments(args.x0, "--x0"),
+            params=parse_assignments(args.param, "--param"),
             sample_period_s=sample_period_s,
+            rtol=_parse_float(args.rtol, "--rtol"),
+            atol=_parse_float(args.atol, "--atol"),
         )
     except ScenarioError as exc:
         return _fail(str(exc), 2)
@@ -303,5 +311,7 @@ def add_plant_serve_parser(
     parser.add_argument(
         "--sample-period", default="1.0", metavar="SECONDS", help="real-time clock: seconds between meas"
     )
+    parser.add_argument("--rtol", default="1e-10", help="plant integrator relative tolerance")
+    parser.add_argument("--atol", default="1e-10", help="plant integrator absolute tolerance")
     parser.set_defaults(func=run_plant_serve)
     return parser

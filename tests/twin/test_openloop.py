@@ -68,7 +68,7 @@ def test_bad_inputs_csv_is_one_line_exit_2(tmp_path: Path, content: str, message
 
 def test_bad_x0_and_model_are_one_line_exit_2(tmp_path: Path) -> None:
     (tmp_path / "in.csv").write_text("t,inp\n0,0.1\n1,0\n")
-    for extra, message in ((["--x0", "Q=1"], "no state named 'Q'"), (["--x0", "V_s"], "expected name=number")):
+    for extra, message in ((["--x0", "Q=1"], "no state named 'Q'"), (["--x0", "V_s"], "--x0 expects NAME=NUMBER")):
         done = bioimp("simulate", "--model", "fedbatch_haldane", "--inputs", str(tmp_path / "in.csv"),
                       "--out", str(tmp_path / "o.csv"), *extra)
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
