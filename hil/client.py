@@ -21,7 +21,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -33,7 +33,31 @@ from twin.interfaces import Measurements
 __all__ = ["TelemetryMessage", "TelemetrySubscriber", "ZmqPlant"]
 
 
-class ZmqPlant(RequestPlant):
+class _SocketOwner:
+    """Owns one ZeroMQ socket: ``close()`` (linger 0, idempotent) and use as a context manager."""
+
+    _socket: zmq.Socket[bytes]
+    _closed: bool
+
+    def close(self) -> None:
+        """Close the socket (linger 0). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._socket.close(linger=0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ZmqPlant(_SocketOwner, RequestPlant):
     """A plant server reached over ZeroMQ, as a :class:`twin.interfaces.Plant`.
 
     Example::
@@ -113,22 +137,6 @@ class ZmqPlant(RequestPlant):
             # A late reply to a request we already gave up on (or retried): drop it.
         return None
 
-    def close(self) -> None:
-        """Close the socket (linger 0). Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._socket.close(linger=0)
-
-    def __enter__(self) -> ZmqPlant:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ class TelemetryMessage:
         return measurements_from_wire(self.payload)
 
 
-class TelemetrySubscriber:
+class TelemetrySubscriber(_SocketOwner):
     """Subscribes to a plant server's telemetry (PUB) socket.
 
     Like every PUB/SUB subscription, messages published before the subscription reaches the server are
@@ -193,19 +201,3 @@ class TelemetrySubscriber:
             raise ProtocolError(BAD_REPLY, "telemetry payload is not a JSON object")
         return TelemetryMessage(topic, payload)
 
-    def close(self) -> None:
-        """Close the socket (linger 0). Idempotent."""
-        if not self._closed:
-            self._closed = True
-            self._socket.close(linger=0)
-
-    def __enter__(self) -> TelemetrySubscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
