@@ -76,7 +76,9 @@ class Mpc:
         xs = [ca.SX.sym(f"x{k}", nx) for k in range(n + 1)]
         us = [ca.SX.sym(f"u{k}", nu) for k in range(n)]
         w: list[ca.SX] = []
-        g: list[ca.SX] = [xs[0] - x_init]
+        # Every constraint block has -1 on the state it defines (x_init - x_0, F(x_k, u_k) - x_k+1),
+        # so shifting the multipliers by one block is a valid dual warm start.
+        g: list[ca.SX] = [x_init - xs[0]]
         cost = ca.SX(0)
         last_u = u_prev
         for k in range(n):
@@ -178,13 +180,16 @@ class Mpc:
             self._lam_g0 = np.concatenate(
                 [np.asarray(res["lam_g"], dtype=float).ravel()[nx:], np.zeros(nx)]
             )
-        elif self._w0 is not None:
-            plan = self._w0  # already the previous plan shifted by one interval
-            fallback = "shifted_plan"
         else:
-            plan = self._initial_guess(x, p)
-            plan[nx:s] = [self.spec.input_safe[name] for name in self.spec.inputs]
-            fallback = "safe_hold"
+            self._lam_x0 = np.zeros(self._nw)
+            self._lam_g0 = np.zeros(self._ng)
+            if self._w0 is not None:
+                plan = self._w0  # already the previous plan shifted by one interval
+                fallback = "shifted_plan"
+            else:
+                plan = self._initial_guess(x, p)
+                plan[nx:s] = [self.spec.input_safe[name] for name in self.spec.inputs]
+                fallback = "safe_hold"
         # Ipopt may end a hair outside a bound (bound_relax_factor, 1e-8); the plant refuses any
         # out-of-range setpoint, so the input is clipped to its bounds before it leaves.
         u = np.clip(plan[nx:s], self._lbw[nx:s], self._ubw[nx:s])

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from plant_models.errors import BioimpError
+from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import BUILTIN_MODELS, resolve_model
 
 EXIT_USAGE = 2
@@ -44,6 +44,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import zmq
+
     from hil.client import ZmqPlant
     from hil.launch import spawn_plant_server
     from twin.runner import run_scenario
@@ -52,7 +54,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / scenario.name
     if args.plant:
-        plant = ZmqPlant(args.plant)
+        try:
+            plant = ZmqPlant(args.plant)
+        except zmq.ZMQError as exc:
+            raise ScenarioError(f"--plant {args.plant!r}: {exc}") from None
         try:
             result = run_scenario(scenario, plant, out)
         finally:
@@ -75,7 +80,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"objective {summary['objective']:.6g}")
     ms = ctrl["step_ms"]
     print(f"step ms   p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
-    print(f"violation {summary['constraint_violation_max']:.3g}  deadline misses {summary['deadline_misses']}")
+    print(
+        f"violation {summary['constraint_violation_max']:.3g}  deadline misses {summary['deadline_misses']}  "
+        f"fallbacks {ctrl['fallbacks']}  refused writes {summary['refused_writes']}"
+    )
     print(f"wrote     {out}/summary.json, trajectory.csv, trajectory.png")
     return 0
 

@@ -1,6 +1,6 @@
 """The seams of the loop: the values that cross them and the protocols on either side.
 
-Conventions (see docs/conventions.md): time on these interfaces is **seconds** of plant time; values are
+Conventions (see docs/architecture.md, "Conventions"): time on these interfaces is **seconds** of plant time; values are
 in the model's units; vectors are numpy float64 in the ModelSpec's name order; signal order is
 ``(t, x, u, p)``.
 """

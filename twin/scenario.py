@@ -16,6 +16,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from controllers.config import MpcConfig, Objective
 from plant_models.errors import ModelError, ScenarioError
 from plant_models.registry import resolve_model
@@ -144,12 +146,14 @@ class _Table:
             raise ScenarioError(f"{self.key(extra[0])}: unknown key")
 
 
-def _number(key: str, value: Any, *, positive: bool = False) -> float:
+def _number(key: str, value: Any, *, positive: bool = False, finite: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ScenarioError(f"{key}: expected a number, got {value!r}")
     value = float(value)
     if math.isnan(value):
         raise ScenarioError(f"{key}: must not be NaN")
+    if finite and not math.isfinite(value):
+        raise ScenarioError(f"{key}: must be finite, got {value}")
     if positive and not (value > 0 and math.isfinite(value)):
         raise ScenarioError(f"{key}: must be a positive number, got {value}")
     return value
@@ -163,9 +167,12 @@ def _bounds(table: _Table, spec: ModelSpec) -> tuple[dict[str, Bounds], dict[str
         table.seen.add(name)
         if not isinstance(value, list) or len(value) != 2:
             raise ScenarioError(f"{key}: expected [min, max], got {value!r}")
-        lo, hi = (_number(key, v) for v in value)
+        # Bounds may be infinite (unbounded on that side), but not infinite on the wrong side.
+        lo, hi = (_number(key, v, finite=False) for v in value)
         if lo > hi:
             raise ScenarioError(f"{key}: min {lo} > max {hi}")
+        if lo == math.inf or hi == -math.inf:
+            raise ScenarioError(f"{key}: [{lo}, {hi}] admits no value")
         if name in spec.states:
             states[name] = (lo, hi)
         elif name in spec.inputs:
@@ -176,6 +183,19 @@ def _bounds(table: _Table, spec: ModelSpec) -> tuple[dict[str, Bounds], dict[str
         else:
             raise ScenarioError(f"{key}: model {spec.name!r} has no state or input {name!r}")
     return states, inputs
+
+
+def _check_initial_derivative(spec: ModelSpec, plant: PlantConfig, twin: TwinConfig) -> None:
+    """Refuse initial states and parameters at which the model cannot even be evaluated (V = 0, Y = 0)."""
+    x0 = spec.vector("states", {**spec.x0, **plant.x0})
+    u = [spec.input_safe[n] for n in spec.inputs]
+    for section, params in (("plant", plant.params), ("twin", twin.params)):
+        p = spec.vector("params", {**spec.nominal_params, **params})
+        xdot = np.asarray(spec.f(x0, u, p), dtype=float)
+        if not np.all(np.isfinite(xdot)):
+            raise ScenarioError(
+                f"{section}.params / plant.x0: the model's derivative is not finite at the initial state"
+            )
 
 
 def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
@@ -244,6 +264,7 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
     )
     ctrl_t.finish()
     root.finish()
+    _check_initial_derivative(spec, plant, twin)
     return Scenario(
         name=name,
         description=description,

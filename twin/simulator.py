@@ -61,7 +61,9 @@ class Simulator:
         try:
             res = self._integrator(x0=x, p=np.concatenate([u, p, [dt]]))
         except RuntimeError as exc:
-            raise SolverFailed(f"integration of {self.spec.name!r} failed: {exc}") from None
+            # CasADi's message is a multi-line stack of call sites; its last line says what happened.
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            raise SolverFailed(f"integration of {self.spec.name!r} failed: {reason}") from None
         x_next = np.asarray(res["xf"], dtype=float).ravel()
         if not np.all(np.isfinite(x_next)):
             raise SolverFailed(f"integration of {self.spec.name!r} returned a non-finite state")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,5 +124,9 @@ def test_config_names_are_checked_against_the_model() -> None:
     bad = MpcConfig(objective=Objective(stage={"titer": -1.0}))
     with pytest.raises(ScenarioError, match=r"objective\.stage\.titer"):
         build_mpc(spec, bad)
-    with pytest.raises(ScenarioError, match=r"min 2\.0 > max 1\.0"):
+    with pytest.raises(ScenarioError, match=r"\[2\.0, 1\.0\] admits no value"):
         MpcConfig(input_bounds={"inp": (2.0, 1.0)})
+    with pytest.raises(ScenarioError, match=r"admits no value"):
+        MpcConfig(state_bounds={"X_s": (math.inf, math.inf)})
+    with pytest.raises(ScenarioError, match=r"objective\.stage\.P_s: weight must be finite"):
+        MpcConfig(objective=Objective(stage={"P_s": math.inf}))

@@ -49,6 +49,14 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
             r"^plant\.params\.Y_x: must not be NaN$",
         ),
         ("rtol = 1e-10", "rtol = 1e-10\nfoo = 1", r"^plant\.foo: unknown key$"),
+        ("X_s = [0.0, 3.7]", "X_s = [inf, inf]", r"^bounds\.X_s: \[inf, inf\] admits no value$"),
+        ("stage = { P_s = -1.0 }", "stage = { P_s = inf }", r"^objective\.stage\.P_s: must be finite, got inf$"),
+        ("V_s = 120.0 }", "V_s = 0.0 }", r"^plant\.params / plant\.x0: the model's derivative is not finite"),
+        (
+            "[twin]                   # what the controller believes\nparams = { Y_x = 0.5,",
+            "[twin]\nparams = { Y_x = 0.0,",
+            r"^twin\.params / plant\.x0: the model's derivative is not finite",
+        ),
         ("[controller]", "[controller", r"invalid TOML"),
     ],
 )
