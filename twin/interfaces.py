@@ -59,13 +59,6 @@ class PlantInfo:
     watchdog_s: float | None
     devices: tuple[DeviceInfo, ...]
 
-    def device(self, name: str) -> DeviceInfo:
-        """The device called ``name`` (KeyError if there is none)."""
-        for dev in self.devices:
-            if dev.name == name:
-                return dev
-        raise KeyError(name)
-
 
 @dataclass(frozen=True)
 class Reading:

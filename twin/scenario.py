@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -210,6 +211,9 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         raise ScenarioError(f"{origin}: invalid TOML: {exc}") from None
     root = _Table(data, "")
     name = root.string("name")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        # The name becomes the default run directory (runs/<name>): no paths, no hidden files.
+        raise ScenarioError(f"name: use letters, digits, '_', '.', '-' (starting with a letter or digit), got {name!r}")
     description = root.string("description", "")
     model_name = root.string("model")
     try:

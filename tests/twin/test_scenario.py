@@ -50,6 +50,7 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
         ),
         ("rtol = 1e-10", "rtol = 1e-10\nfoo = 1", r"^plant\.foo: unknown key$"),
         ("X_s = [0.0, 3.7]", "X_s = [inf, inf]", r"^bounds\.X_s: \[inf, inf\] admits no value$"),
+        ('name = "fedbatch_haldane"', 'name = "../elsewhere"', r"^name: use letters, digits"),
         ("stage = { P_s = -1.0 }", "stage = { P_s = inf }", r"^objective\.stage\.P_s: must be finite, got inf$"),
         ("V_s = 120.0 }", "V_s = 0.0 }", r"^plant\.params / plant\.x0: the model's derivative is not finite"),
         (
