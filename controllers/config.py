@@ -68,10 +68,10 @@ class MpcConfig:
             raise ScenarioError(f"controller.substeps must be >= 1, got {self.substeps}")
         if self.max_iter < 1 or not (math.isfinite(self.tol) and self.tol > 0):
             raise ScenarioError("controller.max_iter must be >= 1 and controller.tol a positive number")
-        for key, bounds in (("state_bounds", self.state_bounds), ("input_bounds", self.input_bounds)):
+        for bounds in (self.state_bounds, self.input_bounds):
             for name, (lo, hi) in bounds.items():
                 if not lo <= hi or lo == math.inf or hi == -math.inf:
-                    raise ScenarioError(f"controller.{key}.{name}: [{lo}, {hi}] admits no value")
+                    raise ScenarioError(f"bounds.{name}: [{lo}, {hi}] admits no value")
         for part in ("stage", "terminal", "delta_u"):
             for name, weight in getattr(self.objective, part).items():
                 if not math.isfinite(weight):

@@ -7,6 +7,7 @@ It sits in the top layer because ``bioimp run`` starts a plant server process (h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -53,25 +54,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario)
     out = Path(args.out) if args.out else Path("runs") / scenario.name
-    if args.plant:
+    with contextlib.ExitStack() as stack:
+        endpoint = args.plant
+        if endpoint is None:
+            tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
+            server = spawn_plant_server(
+                scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params), extra_args=tolerances
+            )
+            endpoint = stack.enter_context(server).command
         try:
-            plant = ZmqPlant(args.plant)
+            plant = stack.enter_context(ZmqPlant(endpoint))
         except zmq.ZMQError as exc:
-            raise ScenarioError(f"--plant {args.plant!r}: {exc}") from None
-        try:
-            result = run_scenario(scenario, plant, out)
-        finally:
-            plant.close()
-    else:
-        tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
-        with spawn_plant_server(
-            scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params), extra_args=tolerances
-        ) as server:
-            plant = ZmqPlant(server.command)
-            try:
-                result = run_scenario(scenario, plant, out)
-            finally:
-                plant.close()
+            raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
+        result = run_scenario(scenario, plant, out)
     summary = result.summary
     ctrl = summary["controller"]
     assert isinstance(ctrl, dict)

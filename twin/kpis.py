@@ -10,8 +10,8 @@ import numpy as np
 
 from controllers.config import MpcConfig
 from plant_models.spec import ModelSpec
-from twin.interfaces import FloatArray
-from twin.loop import LoopResult, measured_state
+from twin.interfaces import FloatArray, Measurements
+from twin.loop import LoopResult
 from twin.record import MemoryRecord
 
 
@@ -26,10 +26,20 @@ class Trajectory:
     u: FloatArray
 
 
+def measured_state(spec: ModelSpec, meas: Measurements) -> list[float]:
+    """The state readings of a ``read`` reply in state order (NaN where a state has no usable reading)."""
+    out = []
+    for name in spec.states:
+        reading = meas.values.get(name)
+        value = reading.value if reading is not None else None
+        out.append(value if value is not None and math.isfinite(value) else math.nan)
+    return out
+
+
 def trajectory(spec: ModelSpec, record: MemoryRecord) -> Trajectory:
     """Assemble the measured-state and applied-input trajectory from a record."""
-    t = np.array([m.time_s for _, m in record.measurements_])
-    x = np.array([[measured_state(spec, m)[n] for n in spec.states] for _, m in record.measurements_])
+    t = np.array([m.time_s for _, m in record.reads])
+    x = np.array([measured_state(spec, m) for _, m in record.reads])
     u = np.full((len(t), spec.nu), math.nan)
     for row in record.setpoints:
         if row.state == "applied":
@@ -44,7 +54,7 @@ def trajectory(spec: ModelSpec, record: MemoryRecord) -> Trajectory:
 
 def initial_inputs(spec: ModelSpec, record: MemoryRecord) -> FloatArray:
     """The actuator values the plant reported before the first step (safe values if it did not)."""
-    first = record.measurements_[0][1].values
+    first = record.reads[0][1].values
     return np.array([
         first[n].value if n in first and first[n].value is not None else spec.input_safe[n] for n in spec.inputs
     ])
@@ -94,12 +104,12 @@ def summary(
     spec: ModelSpec,
     mpc: MpcConfig,
     record: MemoryRecord,
+    traj: Trajectory,
     result: LoopResult,
     controller_name: str,
     p: FloatArray,
 ) -> dict[str, object]:
-    """The summary.json content of a run."""
-    traj = trajectory(spec, record)
+    """The summary.json content of a run (``traj`` is :func:`trajectory` of ``record``)."""
     step_ms = np.array([c.compute_s for _, _, c in record.controls]) * 1e3
     u0 = initial_inputs(spec, record)
     return {

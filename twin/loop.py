@@ -6,7 +6,6 @@ so the same code drives a simulated plant in-process, a plant server over ZeroMQ
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,14 +95,4 @@ def run_loop(
     final = plant.read()
     recorder.measurements(steps, final)
     return LoopResult(steps, final, misses, refused, fallbacks)
-
-
-def measured_state(spec: ModelSpec, meas: Measurements) -> dict[str, float]:
-    """The state readings of a ``read`` reply (NaN where a state has no usable reading)."""
-    out = {}
-    for name in spec.states:
-        reading = meas.values.get(name)
-        value = reading.value if reading is not None else None
-        out[name] = value if value is not None and math.isfinite(value) else math.nan
-    return out
 

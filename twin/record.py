@@ -65,7 +65,7 @@ class Recorder(Protocol):
 class MemoryRecord:
     """Everything recorded, kept in lists (index = arrival order)."""
 
-    measurements_: list[tuple[int, Measurements]] = field(default_factory=list)
+    reads: list[tuple[int, Measurements]] = field(default_factory=list)
     estimates: list[tuple[int, Estimate]] = field(default_factory=list)
     controls: list[tuple[int, float, ControlStep]] = field(default_factory=list)
     setpoints: list[SetpointRow] = field(default_factory=list)
@@ -73,7 +73,7 @@ class MemoryRecord:
 
     def measurements(self, step: int, meas: Measurements) -> None:
         """Keep a ``read`` reply."""
-        self.measurements_.append((step, meas))
+        self.reads.append((step, meas))
 
     def estimate(self, step: int, est: Estimate) -> None:
         """Keep an estimate."""

@@ -75,11 +75,11 @@ def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) 
         period_s=scenario.loop.period_s,
         budget_s=scenario.controller.budget_s,
     )
-    kpis = summary(spec, scenario.controller.mpc, record, loop, controller.name, p)
+    traj = trajectory(spec, record)
+    kpis = summary(spec, scenario.controller.mpc, record, traj, loop, controller.name, p)
     kpis["scenario"] = {"name": scenario.name, "sha256": scenario.sha256}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        traj = trajectory(spec, record)
         write_summary(out_dir / "summary.json", kpis)
         write_trajectory_csv(out_dir / "trajectory.csv", spec, traj)
         plot_trajectory(out_dir / "trajectory.png", spec, traj, f"{scenario.name} — {controller.name}")

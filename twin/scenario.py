@@ -168,12 +168,8 @@ def _bounds(table: _Table, spec: ModelSpec) -> tuple[dict[str, Bounds], dict[str
         table.seen.add(name)
         if not isinstance(value, list) or len(value) != 2:
             raise ScenarioError(f"{key}: expected [min, max], got {value!r}")
-        # Bounds may be infinite (unbounded on that side), but not infinite on the wrong side.
+        # Bounds may be infinite (unbounded on that side); MpcConfig refuses an empty interval.
         lo, hi = (_number(key, v, finite=False) for v in value)
-        if lo > hi:
-            raise ScenarioError(f"{key}: min {lo} > max {hi}")
-        if lo == math.inf or hi == -math.inf:
-            raise ScenarioError(f"{key}: [{lo}, {hi}] admits no value")
         if name in spec.states:
             states[name] = (lo, hi)
         elif name in spec.inputs:

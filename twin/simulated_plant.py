@@ -33,8 +33,6 @@ class SimulatedPlant:
         true_state: the plant's true state vector (for tests and studies, never for the controller).
     """
 
-    clock = "virtual"
-
     def __init__(
         self,
         spec: ModelSpec,

@@ -45,11 +45,11 @@ def test_final_product_matches_dompc_within_0_2_percent(closed_loop: tuple) -> N
 def test_trajectory_follows_dompc_reference(closed_loop: tuple) -> None:
     xs, us, _ = closed_loop
     ref = np.loadtxt(DATA / "dompc_batch_bioreactor_traj.csv", delimiter=",", comments="#")
-    # Different discretisations (RK4 multiple shooting vs Radau collocation) of the same problem: the
-    # state trajectories agree to 1 % of each state's range, the feed to 0.01 L/h (max 0.2).
+    # Different discretisations (RK4 multiple shooting vs Radau collocation) of the same problem.
+    # Measured: states within 0.61 % of each state's range, feed within 0.0025 L/h (max 0.2).
     scale = np.ptp(ref[:, 1:5], axis=0)
     assert np.max(np.abs(xs - ref[:, 1:5]) / scale) < 0.01
-    assert np.max(np.abs(us[:, 0] - ref[:-1, 5])) < 0.01
+    assert np.max(np.abs(us[:, 0] - ref[:-1, 5])) < 0.005
 
 
 def test_inputs_and_states_respect_bounds(closed_loop: tuple) -> None:

@@ -36,7 +36,7 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
         ("steps = 150", "steps = true", r"^loop\.steps: expected an integer, got True$"),
         ("period_s = 3600.0", "period_s = -1.0", r"^loop\.period_s: must be a positive number"),
         ('model = "fedbatch_haldane"', 'model = "nope"', r"^model: unknown model 'nope'"),
-        ("X_s = [0.0, 3.7]", "X_s = [3.7, 0.0]", r"^bounds\.X_s: min 3\.7 > max 0\.0$"),
+        ("X_s = [0.0, 3.7]", "X_s = [3.7, 0.0]", r"^bounds\.X_s: \[3\.7, 0\.0\] admits no value$"),
         ("X_s = [0.0, 3.7]", "Q_s = [0.0, 3.7]", r"^bounds\.Q_s: model 'fedbatch_haldane' has no state or input"),
         ("inp = [0.0, 0.2]", "inp = [0.0, 5.0]", r"^bounds\.inp: \[0\.0, 5\.0\] exceeds the actuator's range"),
         ("X_s = [0.0, 3.7]", "X_s = [0.0]", r"^bounds\.X_s: expected \[min, max\]"),
