@@ -14,8 +14,12 @@ Order of the checks on ``write``: failsafe, then seq (a repeat gets the earlier 
 ``stale``), then ``valid_until``, then device names, finiteness, limits. A failed write does not use up
 its seq: the client may send the same seq again, corrected.
 
-The watchdog of the next issue drops in here: it calls :meth:`ProtocolHandler.enter_failsafe` when a
-client goes quiet for ``watchdog_s``; an ``arm`` op will call :meth:`ProtocolHandler.arm`.
+The watchdog lives here too, so the simulated plant and the hardware gateway share it: the handler
+starts with every actuator at its safe value; the first valid ``write``, ``heartbeat`` or ``arm`` starts
+the watchdog, each later one feeds it, and :meth:`ProtocolHandler.check_watchdog` (called by the server
+on its monotonic wall clock) puts the plant in fail-safe once it has gone ``watchdog_s`` unfed. Only an
+``arm`` request leaves fail-safe. Read-only clients (``hello``, ``read``) never feed it: a dashboard that
+is still watching must not keep a plant armed whose controller died.
 
 It has no sockets; :mod:`hil.server` moves its bytes, :class:`hil.inprocess.InProcessPlant` calls it
 directly.
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +48,7 @@ from hil.protocol import (
     UNKNOWN_DEVICE,
     UNSUPPORTED,
     Advance,
+    Arm,
     Heartbeat,
     Hello,
     Read,
@@ -59,11 +65,14 @@ from hil.protocol import (
 from plant_models.errors import BioimpError
 from twin.interfaces import DeviceInfo, PlantState
 
-__all__ = ["ClockKind", "ProtocolHandler", "Telemetry"]
+__all__ = ["INSECURE_WARNING", "ClockKind", "ProtocolHandler", "Security", "Telemetry"]
 
 log = logging.getLogger("bioimp.hil")
 
 ClockKind = Literal["virtual", "realtime"]
+#: How the transport is protected: CurveZMQ, no keys on a local-only endpoint, or no keys by override.
+Security = Literal["curve", "none", "insecure"]
+INSECURE_WARNING = "no authentication or encryption on a network endpoint (--insecure)"
 #: A telemetry message to publish: (topic, payload).
 Telemetry = tuple[str, bytes]
 
@@ -83,7 +92,7 @@ class ProtocolHandler:
         backend: the device-level plant.
         clock: ``"virtual"`` (time moves only on ``advance``) or ``"realtime"`` (the server moves it with
             the wall clock via :meth:`advance_to`; the ``advance`` op is ``unsupported``).
-        watchdog_s: seconds of client silence before fail-safe; ``None`` (no watchdog yet).
+        watchdog_s: seconds without a feeding request before fail-safe; ``None``: no watchdog.
     """
 
     def __init__(
@@ -93,25 +102,38 @@ class ProtocolHandler:
         clock: ClockKind = "virtual",
         watchdog_s: float | None = None,
         max_clients: int = 10_000,
+        security: Security = "none",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Serve ``backend``.
+        """Serve ``backend``, starting with every actuator at its safe value.
 
         Args:
             backend: the plant (simulated or a gateway).
             clock: who moves plant time (see the class docstring).
-            watchdog_s: reported in ``hello``; enforced from the watchdog issue on.
+            watchdog_s: seconds without a valid ``write``/``heartbeat``/``arm`` before fail-safe;
+                ``None`` disables the watchdog (in-process offline runs).
             max_clients: remembered per-client seqs; the least recently written client is forgotten
                 beyond this (its next write is accepted whatever its seq).
+            security: how the transport is protected, reported in ``hello`` (``"insecure"`` adds a
+                warning there).
+            monotonic: the wall clock the watchdog runs on (injectable for tests).
         """
         if clock not in ("virtual", "realtime"):
             raise ValueError(f"clock must be 'virtual' or 'realtime', not {clock!r}")
+        if watchdog_s is not None and not (math.isfinite(watchdog_s) and watchdog_s > 0):
+            raise ValueError(f"watchdog_s must be a positive number of seconds, not {watchdog_s}")
         self.backend = backend
         self.clock: ClockKind = clock
         self.watchdog_s = watchdog_s
+        self.security: Security = security
+        self.last_failsafe_latency_s: float | None = None
+        self._monotonic = monotonic
+        self._fed_at: float | None = None  # None: the watchdog has not started (or fired) yet
         self._state: PlantState = "armed"
         self._devices: dict[str, DeviceInfo] = {d.name: d for d in backend.devices()}
         self._clients: OrderedDict[bytes, _ClientSeq] = OrderedDict()
         self._max_clients = max_clients
+        backend.apply_safe()
 
     @property
     def state(self) -> PlantState:
@@ -159,8 +181,12 @@ class ProtocolHandler:
         if isinstance(request, Advance):
             return self._advance(request)
         if isinstance(request, Heartbeat):
-            # Watchdog seam: a heartbeat will feed the client's watchdog here.
+            self._feed()
             return {"time": self.backend.time_s, "state": self._state}, []
+        if isinstance(request, Arm):
+            telemetry = self.arm("armed by operator request")
+            self._feed()
+            return {"time": self.backend.time_s, "state": self._state}, telemetry
         raise AssertionError(f"unhandled request type {type(request).__name__}")
 
     def _hello(self) -> dict[str, Any]:
@@ -171,6 +197,9 @@ class ProtocolHandler:
             "time": self.backend.time_s,
             "state": self._state,
             "watchdog_s": self.watchdog_s,
+            "last_failsafe_latency_s": self.last_failsafe_latency_s,
+            "security": self.security,
+            **({"warning": INSECURE_WARNING} if self.security == "insecure" else {}),
             "devices": [device_to_wire(d) for d in self._devices.values()],
         }
 
@@ -188,6 +217,7 @@ class ProtocolHandler:
         last = self._clients.get(client_id)
         if last is not None:
             if request.seq == last.seq:
+                self._feed()
                 return dict(last.result)  # idempotent retry: the earlier reply, applied once
             if request.seq < last.seq:
                 raise RequestError(STALE, f"seq {request.seq} is not greater than the last applied seq {last.seq}", rid)
@@ -201,6 +231,7 @@ class ProtocolHandler:
         applied = self.backend.apply(request.setpoints)
         result = {"time": self.backend.time_s, "applied": dict(applied)}
         self._remember(client_id, _ClientSeq(request.seq, result))
+        self._feed()
         return dict(result)
 
     def _check_setpoints(self, request: Write) -> None:
@@ -259,6 +290,32 @@ class ProtocolHandler:
         return TOPIC_MEAS, encode_json(
             {"v": PROTOCOL_VERSION, **readings_to_wire(self.backend.time_s, self.backend.read())}
         )
+
+    def _feed(self) -> None:
+        self._fed_at = self._monotonic()
+
+    def watchdog_deadline(self) -> float | None:
+        """Monotonic time at which the watchdog fires if not fed; ``None`` when it is not running."""
+        if self.watchdog_s is None or self._fed_at is None or self._state == "failsafe":
+            return None
+        return self._fed_at + self.watchdog_s
+
+    def check_watchdog(self) -> list[Telemetry]:
+        """Enter fail-safe if the watchdog has expired; return the ``event`` telemetry (or nothing).
+
+        The latency from the last feed to safe values applied is kept in ``last_failsafe_latency_s``
+        (and reported by ``hello``): it is ``watchdog_s`` plus how late the server noticed.
+        """
+        deadline = self.watchdog_deadline()
+        if deadline is None or self._monotonic() < deadline:
+            return []
+        assert self._fed_at is not None and self.watchdog_s is not None
+        fed_at, self._fed_at = self._fed_at, None
+        reason = f"watchdog: no write or heartbeat for {self.watchdog_s:g} s"
+        self.backend.apply_safe()
+        self.last_failsafe_latency_s = self._monotonic() - fed_at
+        log.warning("%s; actuators at safe values after %.3f s", reason, self.last_failsafe_latency_s)
+        return self._set_state("failsafe", reason)
 
     def enter_failsafe(self, reason: str) -> list[Telemetry]:
         """Put every actuator at its safe value and refuse writes until :meth:`arm`.

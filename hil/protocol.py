@@ -39,6 +39,7 @@ __all__ = [
     "UNSUPPORTED",
     "UNSUPPORTED_VERSION",
     "Advance",
+    "Arm",
     "Heartbeat",
     "Hello",
     "Read",
@@ -88,7 +89,7 @@ ERROR_CODES: Final = frozenset(
 TOPIC_MEAS: Final = "meas"
 TOPIC_EVENT: Final = "event"
 
-OPS: Final = ("hello", "read", "write", "advance", "heartbeat")
+OPS: Final = ("hello", "read", "write", "advance", "heartbeat", "arm")
 
 #: A request id: any JSON scalar, echoed in the reply.
 RequestId: TypeAlias = str | int | float | bool | None
@@ -143,7 +144,14 @@ class Heartbeat:
     id: RequestId
 
 
-Request: TypeAlias = Hello | Read | Write | Advance | Heartbeat
+@dataclass(frozen=True)
+class Arm:
+    """``arm``: leave fail-safe and accept writes again (an explicit operator action)."""
+
+    id: RequestId
+
+
+Request: TypeAlias = Hello | Read | Write | Advance | Heartbeat | Arm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,6 +265,8 @@ def decode_request(frame: bytes) -> Request:
         return Hello(request_id)
     if op == "heartbeat":
         return Heartbeat(request_id)
+    if op == "arm":
+        return Arm(request_id)
     if op == "read":
         return _decode_read(obj, request_id)
     if op == "write":

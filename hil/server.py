@@ -20,57 +20,113 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
-from hil.handler import ClockKind, ProtocolHandler, Telemetry
+from hil.backend import PlantBackend
+from hil.handler import INSECURE_WARNING, ClockKind, ProtocolHandler, Security, Telemetry
 from hil.protocol import BAD_REQUEST, encode_error, split_envelope
+from hil.security import ServerKeys, is_local_endpoint, start_authenticator
 from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import resolve_model
 from twin.simulated_plant import SimulatedPlant
 from twin.simulator import SimulatorConfig
 
-__all__ = ["PlantServer", "ServeConfig", "add_plant_serve_parser", "run_plant_serve", "serve_plant"]
+__all__ = [
+    "DEFAULT_WATCHDOG_S",
+    "PlantServer",
+    "ServeConfig",
+    "ServerOptions",
+    "add_plant_serve_parser",
+    "add_server_options",
+    "run_plant_serve",
+    "serve_backend",
+    "serve_plant",
+    "server_options_from_args",
+]
 
 log = logging.getLogger("bioimp.hil")
 
 _PROG = "bioimp plant serve"
 _POLL_S = 0.1  # longest poll: how quickly a stop request is noticed
+DEFAULT_WATCHDOG_S = 5.0
 _MAX_BATCH = 100  # requests served per poll wake-up before the clock and telemetry get a turn
 
 
 @dataclass(frozen=True)
-class ServeConfig:
-    """What ``bioimp plant serve`` serves, and where.
+class ServerOptions:
+    """How any plant server (simulated plant or gateway) is served: endpoints, clock, watchdog, keys.
 
     Attributes:
-        model: a built-in model name or ``package.module:function``.
         command: command (ROUTER) endpoint to bind; port ``*`` picks a free one.
         telemetry: telemetry (PUB) endpoint to bind.
         clock: ``"virtual"`` (advance on request) or ``"realtime"`` (follows the wall clock).
-        x0: initial state overrides (model units).
-        params: the plant's true parameters (model units); others stay nominal.
         sample_period_s: real-time clock: seconds between published ``meas`` messages.
-        rtol, atol: the plant integrator's tolerances (CVODES).
+        watchdog_s: seconds without a valid write/heartbeat/arm before fail-safe; None disables it.
+        server_key: CURVE secret key file of the server; None serves without CURVE.
+        allow_dir: folder of the client public keys admitted (required with ``server_key``).
+        insecure: allow binding a non-local endpoint without keys (logged, and reported in ``hello``).
     """
 
-    model: str
     command: str = "tcp://127.0.0.1:*"
     telemetry: str = "tcp://127.0.0.1:*"
     clock: ClockKind = "virtual"
-    x0: Mapping[str, float] = field(default_factory=dict)
-    params: Mapping[str, float] = field(default_factory=dict)
     sample_period_s: float = 1.0
-    rtol: float = 1e-10
-    atol: float = 1e-10
+    watchdog_s: float | None = DEFAULT_WATCHDOG_S
+    server_key: Path | None = None
+    allow_dir: Path | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.clock not in ("virtual", "realtime"):
             raise ScenarioError(f"clock must be 'virtual' or 'realtime', not {self.clock!r}")
         if not (math.isfinite(self.sample_period_s) and self.sample_period_s > 0):
-            raise ScenarioError(f"sample period must be a positive number of seconds, not {self.sample_period_s}")
+            raise ScenarioError(f"--sample-period must be a positive number of seconds, not {self.sample_period_s}")
+        if self.watchdog_s is not None and not (math.isfinite(self.watchdog_s) and self.watchdog_s > 0):
+            raise ScenarioError(f"--watchdog must be a positive number of seconds, not {self.watchdog_s}")
+        if (self.server_key is None) != (self.allow_dir is None):
+            raise ScenarioError("--server-key and --allow go together (CURVE needs both)")
+        if self.server_key is None and not self.insecure:
+            for option, endpoint in (("--command", self.command), ("--telemetry", self.telemetry)):
+                if not is_local_endpoint(endpoint):
+                    raise ScenarioError(
+                        f"{option} {endpoint}: binding a network endpoint without keys is refused "
+                        "(give --server-key and --allow, or --insecure)"
+                    )
+
+    @property
+    def security(self) -> Security:
+        """What ``hello`` reports: ``curve``, ``none`` (local only) or ``insecure``."""
+        if self.server_key is not None:
+            return "curve"
+        local = is_local_endpoint(self.command) and is_local_endpoint(self.telemetry)
+        return "none" if local else "insecure"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``bioimp plant serve`` serves: a simulated plant, and how.
+
+    Attributes:
+        model: a built-in model name or ``package.module:function``.
+        server: endpoints, clock, watchdog and keys.
+        x0: initial state overrides (model units).
+        params: the plant's true parameters (model units); others stay nominal.
+        rtol, atol: the plant integrator's tolerances (CVODES).
+    """
+
+    model: str
+    server: ServerOptions = field(default_factory=ServerOptions)
+    x0: Mapping[str, float] = field(default_factory=dict)
+    params: Mapping[str, float] = field(default_factory=dict)
+    rtol: float = 1e-10
+    atol: float = 1e-10
+
+    def __post_init__(self) -> None:
         for kind, values in (("x0", self.x0), ("param", self.params)):
             for name, value in values.items():
                 if not math.isfinite(value):
@@ -92,9 +148,13 @@ class PlantServer:
         telemetry_endpoint: str,
         *,
         sample_period_s: float = 1.0,
+        keys: ServerKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        """Bind both sockets.
+        """Bind both sockets (as CURVE servers when ``keys`` are given).
+
+        With keys, a ZAP authenticator must run on ``context`` (see :func:`hil.security.start_authenticator`);
+        without one every connection is refused.
 
         Raises:
             zmq.ZMQError: an endpoint cannot be bound (bad address, port in use).
@@ -108,6 +168,8 @@ class PlantServer:
         try:
             for sock in (self._router, self._pub):
                 sock.setsockopt(zmq.LINGER, 0)
+                if keys is not None:
+                    keys.apply(sock)
             # A client reconnecting with its routing id takes it over at once, even before the server
             # has noticed that the old connection is gone (it stays the same client: same seq space).
             self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -142,6 +204,9 @@ class PlantServer:
             timeout_s = _POLL_S
             if realtime:
                 timeout_s = min(timeout_s, max(0.0, next_sample - time.monotonic()))
+            deadline = self.handler.watchdog_deadline()
+            if deadline is not None:
+                timeout_s = min(timeout_s, max(0.0, deadline - time.monotonic()))
             if self._router.poll(round(timeout_s * 1000), zmq.POLLIN):
                 for _ in range(_MAX_BATCH):
                     try:
@@ -150,6 +215,9 @@ class PlantServer:
                         break
                     sync()
                     self._serve(frames)
+            # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
+            # so that a feed that arrived during the wait counts.
+            self._publish(self.handler.check_watchdog())
             if realtime:
                 sync()
                 now = time.monotonic()
@@ -182,33 +250,39 @@ class PlantServer:
         self._pub.close(linger=0)
 
 
-def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
-    """Serve a simulated plant until SIGINT/SIGTERM; what ``bioimp plant serve`` runs.
+def serve_backend(backend: PlantBackend, options: ServerOptions, *, prog: str, out: TextIO | None = None) -> int:
+    """Serve ``backend`` until SIGINT/SIGTERM: what ``bioimp plant serve`` and ``bioimp gateway`` run.
 
     Prints ``ready <command endpoint> <telemetry endpoint>`` to ``out`` (stdout) once both sockets are
-    bound. Errors are one line on stderr.
+    bound. Errors are one line on stderr, prefixed with ``prog``.
 
     Returns:
-        The exit code: 0 after a clean stop, 2 for a bad model/option/endpoint, 1 if the plant failed.
+        The exit code: 0 after a clean stop, 2 for a bad option/key/endpoint, 1 if the plant failed.
     """
     out = out if out is not None else sys.stdout
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: %(levelname)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(levelname)s: %(message)s")
     try:
-        spec = resolve_model(config.model)
-    except Exception as exc:  # a user factory may raise anything; the CLI must not show a traceback
-        return _fail(f"cannot load model {config.model!r}: {exc}", 2)
+        keys = None
+        if options.server_key is not None and options.allow_dir is not None:
+            keys = ServerKeys.load(options.server_key, options.allow_dir)
+    except ScenarioError as exc:
+        return _fail(prog, str(exc), 2)
+    handler = ProtocolHandler(backend, clock=options.clock, watchdog_s=options.watchdog_s, security=options.security)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    auth = None if keys is None else start_authenticator(context, keys.allow_dir)
     try:
-        backend = SimulatedPlant(
-            spec, params=config.params, x0=config.x0, sim_config=SimulatorConfig(config.rtol, config.atol)
+        server = PlantServer(
+            handler,
+            options.command,
+            options.telemetry,
+            sample_period_s=options.sample_period_s,
+            keys=keys,
+            context=context,
         )
-    except BioimpError as exc:
-        return _fail(str(exc), 2)
-    handler = ProtocolHandler(backend, clock=config.clock)
-    try:
-        server = PlantServer(handler, config.command, config.telemetry, sample_period_s=config.sample_period_s)
     except zmq.ZMQError as exc:
-        return _fail(f"cannot bind {config.command} / {config.telemetry}: {exc}", 2)
+        _stop_context(context, auth)
+        return _fail(prog, f"cannot bind {options.command} / {options.telemetry}: {exc}", 2)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop()
@@ -217,20 +291,48 @@ def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, on_signal)
+    if options.security == "insecure":
+        log.warning(INSECURE_WARNING)
     try:
         print(f"ready {server.command} {server.telemetry}", file=out, flush=True)
         server.run()
     except BioimpError as exc:
-        return _fail(f"plant failed: {exc}", 1)
+        return _fail(prog, f"plant failed: {exc}", 1)
     finally:
         server.close()
+        _stop_context(context, auth)
         for sig, handler_before in previous.items():
             signal.signal(sig, handler_before)
     return 0
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
+def _stop_context(context: zmq.Context[zmq.Socket[bytes]], auth: ThreadAuthenticator | None) -> None:
+    if auth is not None:
+        auth.stop()
+    context.term()
+
+
+def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
+    """Serve a simulated plant until SIGINT/SIGTERM; what ``bioimp plant serve`` runs.
+
+    Returns:
+        The exit code (see :func:`serve_backend`).
+    """
+    try:
+        spec = resolve_model(config.model)
+    except Exception as exc:  # a user factory may raise anything; the CLI must not show a traceback
+        return _fail(_PROG, f"cannot load model {config.model!r}: {exc}", 2)
+    try:
+        backend = SimulatedPlant(
+            spec, params=config.params, x0=config.x0, sim_config=SimulatorConfig(config.rtol, config.atol)
+        )
+    except BioimpError as exc:
+        return _fail(_PROG, str(exc), 2)
+    return serve_backend(backend, config.server, prog=_PROG, out=out)
+
+
+def _fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     return code
 
 
@@ -259,23 +361,62 @@ def _parse_float(text: str, option: str) -> float:
         raise ScenarioError(f"{option} expects a number, got {text!r}") from None
 
 
+def add_server_options(parser: argparse.ArgumentParser, *, clock: bool) -> None:
+    """Add the flags every plant server shares (endpoints, watchdog, CURVE keys; ``--clock`` if asked)."""
+    parser.add_argument(
+        "--command", default="tcp://127.0.0.1:*", help="command endpoint to bind (port * = any free port)"
+    )
+    parser.add_argument("--telemetry", default="tcp://127.0.0.1:*", help="telemetry endpoint to bind")
+    if clock:
+        parser.add_argument("--clock", choices=("virtual", "realtime"), default="virtual", help="plant clock")
+    parser.add_argument(
+        "--sample-period", default="1.0", metavar="SECONDS", help="real-time clock: seconds between meas"
+    )
+    parser.add_argument(
+        "--watchdog",
+        default=repr(DEFAULT_WATCHDOG_S),
+        metavar="SECONDS",
+        help=f"fail-safe after this long without a write/heartbeat/arm (default {DEFAULT_WATCHDOG_S:g}; 0 = off)",
+    )
+    parser.add_argument("--server-key", metavar="FILE", help="CURVE: the server's secret key file (.key_secret)")
+    parser.add_argument("--allow", metavar="DIR", help="CURVE: folder of allowed client public keys (.key)")
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a network endpoint without keys (logged, reported in hello)"
+    )
+
+
+def server_options_from_args(args: argparse.Namespace, clock: ClockKind | None = None) -> ServerOptions:
+    """The :class:`ServerOptions` of parsed :func:`add_server_options` flags (``clock`` overrides ``--clock``).
+
+    Raises:
+        ScenarioError: a bad number, or a combination the options refuse.
+    """
+    watchdog_s = _parse_float(args.watchdog, "--watchdog")
+    return ServerOptions(
+        command=args.command,
+        telemetry=args.telemetry,
+        clock=clock if clock is not None else args.clock,
+        sample_period_s=_parse_float(args.sample_period, "--sample-period"),
+        watchdog_s=None if watchdog_s == 0 else watchdog_s,
+        server_key=None if args.server_key is None else Path(args.server_key),
+        allow_dir=None if args.allow is None else Path(args.allow),
+        insecure=args.insecure,
+    )
+
+
 def run_plant_serve(args: argparse.Namespace) -> int:
     """The ``plant serve`` subcommand: ``args`` from :func:`add_plant_serve_parser`; returns the exit code."""
     try:
-        sample_period_s = _parse_float(args.sample_period, "--sample-period")
         config = ServeConfig(
             model=args.model,
-            command=args.command,
-            telemetry=args.telemetry,
-            clock=args.clock,
+            server=server_options_from_args(args),
             x0=parse_assignments(args.x0, "--x0"),
             params=parse_assignments(args.param, "--param"),
-            sample_period_s=sample_period_s,
             rtol=_parse_float(args.rtol, "--rtol"),
             atol=_parse_float(args.atol, "--atol"),
         )
     except ScenarioError as exc:
-        return _fail(str(exc), 2)
+        return _fail(_PROG, str(exc), 2)
     return serve_plant(config)
 
 
@@ -299,17 +440,10 @@ def add_plant_serve_parser(
         ),
     )
     parser.add_argument("--model", required=True, help="built-in model name or package.module:function")
-    parser.add_argument(
-        "--command", default="tcp://127.0.0.1:*", help="command endpoint to bind (port * = any free port)"
-    )
-    parser.add_argument("--telemetry", default="tcp://127.0.0.1:*", help="telemetry endpoint to bind")
-    parser.add_argument("--clock", choices=("virtual", "realtime"), default="virtual", help="plant clock")
+    add_server_options(parser, clock=True)
     parser.add_argument("--x0", action="append", default=[], metavar="NAME=VALUE", help="initial state (repeatable)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="true parameter (repeatable)"
-    )
-    parser.add_argument(
-        "--sample-period", default="1.0", metavar="SECONDS", help="real-time clock: seconds between meas"
     )
     parser.add_argument("--rtol", default="1e-10", help="plant integrator relative tolerance")
     parser.add_argument("--atol", default="1e-10", help="plant integrator absolute tolerance")

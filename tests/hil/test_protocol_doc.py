@@ -10,6 +10,7 @@ import pytest
 
 from hil.handler import ProtocolHandler
 from hil.launch import PlantProcess
+from hil.server import DEFAULT_WATCHDOG_S
 from plant_models.registry import resolve_model
 from twin.simulated_plant import SimulatedPlant
 
@@ -26,8 +27,8 @@ def _exchanges() -> list[tuple[str, str]]:
 
 def test_documented_exchanges_are_what_the_plant_answers() -> None:
     pairs = _exchanges()
-    assert [json.loads(req)["op"] for req, _ in pairs] == ["hello", "read", "write", "advance", "heartbeat"]
-    handler = ProtocolHandler(SimulatedPlant(resolve_model("fedbatch_haldane")))
+    assert [json.loads(req)["op"] for req, _ in pairs] == ["hello", "read", "write", "advance", "heartbeat", "arm"]
+    handler = ProtocolHandler(SimulatedPlant(resolve_model("fedbatch_haldane")), watchdog_s=DEFAULT_WATCHDOG_S)
     for request, reply in pairs:
         actual, _ = handler.handle(b"doc-client", request.encode())
         assert json.loads(actual) == json.loads(reply), request
