@@ -62,11 +62,16 @@ class PlantInfo:
 
 @dataclass(frozen=True)
 class Reading:
-    """One value with its own sample time (seconds) and sample sequence number."""
+    """One value with its own sample time (seconds) and sample sequence number.
+
+    ``quality``: ``"good"``; ``"stale"`` (a gateway's sample older than the device's max age; the value
+    is the last one read); ``"bad"`` (the driver failed; ``value`` is None).
+    """
 
     value: float | None
     t_s: float
     seq: int
+    quality: Literal["good", "stale", "bad"] = "good"
 
 
 @dataclass(frozen=True)
