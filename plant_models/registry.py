@@ -5,12 +5,18 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from plant_models.cho_fedbatch import cho_fedbatch
+from plant_models.cho_fedbatch_thermal import cho_fedbatch_thermal
 from plant_models.errors import ModelError
 from plant_models.fedbatch_haldane import fedbatch_haldane
+from plant_models.reactor_thermal import reactor_thermal
 from plant_models.spec import ModelSpec
 
 BUILTIN_MODELS: dict[str, Callable[[], ModelSpec]] = {
     "fedbatch_haldane": fedbatch_haldane,
+    "cho_fedbatch": cho_fedbatch,
+    "reactor_thermal": reactor_thermal,
+    "cho_fedbatch_thermal": cho_fedbatch_thermal,
 }
 
 
