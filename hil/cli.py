@@ -85,6 +85,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``bioimp`` subcommand."""
+    from hil.emulator.cli import add_emulate_parser
+    from hil.gateway.cli import add_gateway_parser
     from hil.server import add_plant_serve_parser
 
     parser = argparse.ArgumentParser(prog="bioimp", description="Digital-twin control loop for bioreactors.")
@@ -109,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     plant = sub.add_parser("plant", help="plant-side commands")
     plant_sub = plant.add_subparsers(dest="plant_command", required=True)
     add_plant_serve_parser(plant_sub)
+    add_gateway_parser(sub)
+    add_emulate_parser(sub)
     return parser
 
 
