@@ -117,6 +117,8 @@ class ServeConfig:
         x0: initial state overrides (model units).
         params: the plant's true parameters (model units); others stay nominal.
         rtol, atol: the plant integrator's tolerances (CVODES).
+        log: append every setpoint application and new sample to this JSON-lines file
+            (:mod:`hil.plant_log`); None keeps no log.
     """
 
     model: str
@@ -125,6 +127,7 @@ class ServeConfig:
     params: Mapping[str, float] = field(default_factory=dict)
     rtol: float = 1e-10
     atol: float = 1e-10
+    log: Path | None = None
 
     def __post_init__(self) -> None:
         for kind, values in (("x0", self.x0), ("param", self.params)):
@@ -328,7 +331,15 @@ def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
         )
     except BioimpError as exc:
         return _fail(_PROG, str(exc), 2)
-    return serve_backend(backend, config.server, prog=_PROG, out=out)
+    if config.log is None:
+        return serve_backend(backend, config.server, prog=_PROG, out=out)
+    from hil.plant_log import LoggedBackend
+
+    logged = LoggedBackend(backend, config.log)
+    try:
+        return serve_backend(logged, config.server, prog=_PROG, out=out)
+    finally:
+        logged.close()
 
 
 def _fail(prog: str, message: str, code: int) -> int:
@@ -414,6 +425,7 @@ def run_plant_serve(args: argparse.Namespace) -> int:
             params=parse_assignments(args.param, "--param"),
             rtol=_parse_float(args.rtol, "--rtol"),
             atol=_parse_float(args.atol, "--atol"),
+            log=None if args.log is None else Path(args.log),
         )
     except ScenarioError as exc:
         return _fail(_PROG, str(exc), 2)
@@ -447,5 +459,6 @@ def add_plant_serve_parser(
     )
     parser.add_argument("--rtol", default="1e-10", help="plant integrator relative tolerance")
     parser.add_argument("--atol", default="1e-10", help="plant integrator absolute tolerance")
+    parser.add_argument("--log", metavar="FILE", help="append each applied write and new sample as JSON lines")
     parser.set_defaults(func=run_plant_serve)
     return parser
