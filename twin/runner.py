@@ -55,14 +55,20 @@ def twin_params(spec: ModelSpec, scenario: Scenario) -> FloatArray:
     return np.array(spec.vector("params", {**spec.nominal_params, **scenario.twin.params}))
 
 
-def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) -> RunResult:
-    """Run the scenario's closed loop against ``plant`` (virtual clock) and write ``out_dir``.
+def build_controller(scenario: Scenario, spec: ModelSpec, p: FloatArray) -> Controller:
+    """The scenario's controller, built for ``spec`` with the twin's parameters ``p``."""
+    return CONTROLLER_FACTORIES[scenario.controller.kind](spec, scenario.controller.mpc, p)
 
-    Writes summary.json, trajectory.csv and trajectory.png when ``out_dir`` is given.
+
+def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) -> RunResult:
+    """Run the scenario's closed loop against ``plant`` (virtual clock), recorded in memory only.
+
+    Writes summary.json, trajectory.csv and trajectory.png when ``out_dir`` is given. ``bioimp run``
+    uses :func:`twin.batch.run_batch` instead, which keeps the durable batch record.
     """
     spec = scenario.spec()
     p = twin_params(spec, scenario)
-    controller = CONTROLLER_FACTORIES[scenario.controller.kind](spec, scenario.controller.mpc, p)
+    controller = build_controller(scenario, spec, p)
     record = MemoryRecord()
     loop = run_loop(
         spec=spec,
@@ -75,12 +81,26 @@ def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) 
         period_s=scenario.loop.period_s,
         budget_s=scenario.controller.budget_s,
     )
+    kpis = write_outputs(scenario, spec, record, loop, controller.name, p, out_dir)
+    return RunResult(kpis, record, loop)
+
+
+def write_outputs(
+    scenario: Scenario,
+    spec: ModelSpec,
+    record: MemoryRecord,
+    loop: LoopResult,
+    controller_name: str,
+    p: FloatArray,
+    out_dir: Path | None,
+) -> dict[str, object]:
+    """The KPI summary of a finished run; with ``out_dir``, also summary.json, trajectory.csv and .png."""
     traj = trajectory(spec, record)
-    kpis = summary(spec, scenario.controller.mpc, record, traj, loop, controller.name, p)
+    kpis = summary(spec, scenario.controller.mpc, record, traj, loop, controller_name, p)
     kpis["scenario"] = {"name": scenario.name, "sha256": scenario.sha256}
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(out_dir / "summary.json", kpis)
         write_trajectory_csv(out_dir / "trajectory.csv", spec, traj)
-        plot_trajectory(out_dir / "trajectory.png", spec, traj, f"{scenario.name} — {controller.name}")
-    return RunResult(kpis, record, loop)
+        plot_trajectory(out_dir / "trajectory.png", spec, traj, f"{scenario.name} — {controller_name}")
+    return kpis

@@ -1,0 +1,149 @@
+"""The batch-record commands: ``bioimp run`` with its durable record and ``--resume``, ``bioimp record
+verify|export``, ``bioimp report``.
+
+Registered in :func:`hil.cli.build_parser` by :func:`add_batch_run_options` (on the ``run`` parser) and
+:func:`add_record_parsers`. Errors are :class:`~plant_models.errors.BioimpError` subclasses: one line on
+stderr, exit code 2. ``record verify`` exits 1 when the record does not verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import secrets
+from pathlib import Path
+
+from plant_models.errors import ScenarioError
+
+__all__ = ["add_batch_run_options", "add_record_parsers", "cmd_run"]
+
+EXIT_BROKEN = 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``bioimp run``: a new batch (``--out DIR``) or the continuation of a killed one (``--resume DIR``)."""
+    import zmq
+
+    from hil.client import ZmqPlant
+    from hil.launch import spawn_plant_server
+    from twin.batch import BatchSetup, operator_name, run_batch
+    from twin.batch_record import RECORD_FILE, RecordError, has_run
+    from twin.resume import resume_batch
+    from twin.scenario import load_scenario
+
+    def connect(endpoint: str, identity: bytes) -> ZmqPlant:
+        try:
+            return ZmqPlant(endpoint, identity=identity)
+        except zmq.ZMQError as exc:
+            raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
+
+    operator = args.operator or operator_name()
+    if args.resume is not None:
+        if args.scenario is not None or args.out is not None:
+            raise ScenarioError("--resume DIR continues the recorded batch: give no scenario and no --out")
+        out = Path(args.resume)
+        result = resume_batch(out, connect, operator=operator, endpoint=args.plant)
+    else:
+        scenario = load_scenario(args.scenario)
+        out = Path(args.out) if args.out else Path("runs") / scenario.name
+        if has_run(out / RECORD_FILE):
+            raise RecordError(
+                f"{out} already holds a batch record; continue it with --resume {out} or choose another --out"
+            )
+        with contextlib.ExitStack() as stack:
+            endpoint = args.plant
+            if endpoint is None:
+                tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
+                server = spawn_plant_server(
+                    scenario.model,
+                    x0=dict(scenario.plant.x0),
+                    params=dict(scenario.plant.params),
+                    extra_args=tolerances,
+                )
+                endpoint = stack.enter_context(server).command
+            identity = b"bioimp-" + secrets.token_hex(8).encode()
+            plant = stack.enter_context(connect(endpoint, identity))
+            setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
+            result = run_batch(scenario, plant, out, setup)
+    summary = result.summary
+    ctrl, name, record = summary["controller"], summary["scenario"], summary["record"]
+    assert isinstance(ctrl, dict) and isinstance(name, dict) and isinstance(record, dict)
+    print(f"scenario  {name['name']} ({summary['steps']} steps, controller {ctrl['name']})")
+    print("final     " + json.dumps(summary["final_states"]))
+    print(f"objective {summary['objective']:.6g}")
+    ms = ctrl["step_ms"]
+    print(f"step ms   p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
+    print(
+        f"violation {summary['constraint_violation_max']:.3g}  deadline misses {summary['deadline_misses']}  "
+        f"fallbacks {ctrl['fallbacks']}  refused writes {summary['refused_writes']}"
+    )
+    print(f"record    {out}/{record['file']}: {record['rows']} rows, head {record['head_sha256']}")
+    print(f"wrote     {out}/summary.json, trajectory.csv, trajectory.png")
+    return 0
+
+
+def _record_path(directory: str) -> Path:
+    from twin.batch_record import RECORD_FILE
+
+    path = Path(directory)
+    return path if path.is_file() else path / RECORD_FILE
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from twin.record_verify import verify_record
+
+    path = _record_path(args.dir)
+    result = verify_record(path)
+    if result.ok:
+        print(f"ok        {path}: {result.rows} rows, chain intact, head {result.head}")
+        return 0
+    print(f"BROKEN    {path}: {result.problem}")
+    print(f"verified  {result.rows} rows before it (head {result.head})")
+    return EXIT_BROKEN
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from twin.record_export import export_record
+
+    path = _record_path(args.dir)
+    out = Path(args.out) if args.out else path.parent / "export"
+    for table, file, rows in export_record(path, out, args.format):
+        print(f"wrote     {file} ({rows} {table} rows)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from twin.report import render_report
+
+    path = _record_path(args.dir)
+    out = Path(args.out) if args.out else path.parent
+    written = render_report(path, out)
+    for file in written:
+        print(f"wrote     {file}")
+    return 0
+
+
+def add_batch_run_options(run: argparse.ArgumentParser) -> None:
+    """Give ``bioimp run`` its batch record: ``--resume DIR`` and ``--operator``; dispatch to :func:`cmd_run`."""
+    run.add_argument("--resume", metavar="DIR", help="continue the batch recorded in DIR after a crash")
+    run.add_argument("--operator", help="who runs the batch (recorded; default: the login name)")
+    run.set_defaults(func=cmd_run)
+
+
+def add_record_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``record verify``, ``record export`` and ``report``."""
+    record = sub.add_parser("record", help="batch record commands")
+    record_sub = record.add_subparsers(dest="record_command", required=True)
+    verify = record_sub.add_parser("verify", help="check the record's hash chain; name the first broken row")
+    verify.add_argument("dir", help="run directory (or the record.sqlite file)")
+    verify.set_defaults(func=_cmd_verify)
+    export = record_sub.add_parser("export", help="write one file per table (Parquet or CSV)")
+    export.add_argument("dir", help="run directory (or the record.sqlite file)")
+    export.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="file format")
+    export.add_argument("--out", help="folder to write into (default: DIR/export)")
+    export.set_defaults(func=_cmd_export)
+    report = sub.add_parser("report", help="render the batch as an HTML report with plots, and PNGs")
+    report.add_argument("dir", help="run directory (or the record.sqlite file)")
+    report.add_argument("--out", help="folder to write into (default: DIR)")
+    report.set_defaults(func=_cmd_report)

@@ -1,0 +1,224 @@
+"""A batch with a durable record: what ``bioimp run`` runs.
+
+The loop writes to the SQLite :class:`~twin.batch_record.BatchRecord` (and keeps nothing else it would
+need later): the KPI summary and the run directory's files are computed from the record once the batch
+ends, so a batch that was killed and resumed (:mod:`twin.resume`) is summarised from the same place.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.metadata
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plant_models.spec import ModelSpec
+from twin.batch_record import RECORD_FILE, BatchRecord, RecordConfig, RunMeta
+from twin.checkpoint import snapshot
+from twin.clock import VirtualClock
+from twin.estimation import MeasuredStateEstimator
+from twin.interfaces import Controller, ControlStep, Estimate, Estimator, FloatArray, Measurements, Plant
+from twin.loop import LoopResult, run_loop
+from twin.record import EventRow, MemoryRecord, Recorder, SetpointRow
+from twin.record_read import load_history
+from twin.runner import RunResult, build_controller, twin_params, write_outputs
+from twin.scenario import Scenario
+
+__all__ = [
+    "BatchSetup",
+    "StepOffset",
+    "finish_batch",
+    "loop_result_from_history",
+    "operator_name",
+    "run_batch",
+    "software_versions",
+]
+
+#: Events that count as deadline misses in the summary.
+MISS_EVENTS = ("deadline_miss", "period_overrun")
+
+
+@dataclass(frozen=True)
+class BatchSetup:
+    """Who runs the batch and how the plant is reached (written to the record's run row).
+
+    Attributes:
+        operator: the person (or service account) responsible for the batch.
+        plant_endpoint: the plant server's command endpoint.
+        plant_client_id: this controller's ZeroMQ routing id, hex; a resumed run reconnects with it so the
+            plant recognises its sequence numbers (a repeated seq is answered, not applied again).
+    """
+
+    operator: str
+    plant_endpoint: str
+    plant_client_id: str
+
+
+def operator_name() -> str:
+    """The login name of whoever runs this process ('unknown' if there is none)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def software_versions() -> dict[str, str]:
+    """bioimp and its numerical dependencies' versions, and the git commit when run from a checkout."""
+    versions = {"python": platform.python_version()}
+    for package in ("bioimp", "casadi", "numpy", "pyzmq"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        versions["git"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return versions
+
+
+class StepOffset:
+    """A :class:`Recorder` that adds ``offset`` to every step number (a resumed loop starts at 0)."""
+
+    def __init__(self, inner: Recorder, offset: int) -> None:
+        """Args: inner: where rows go; offset: the batch's step number of the loop's step 0."""
+        self.inner = inner
+        self.offset = offset
+
+    def measurements(self, step: int, meas: Measurements) -> None:
+        """Forward with the batch's step number."""
+        self.inner.measurements(step + self.offset, meas)
+
+    def estimate(self, step: int, est: Estimate) -> None:
+        """Forward with the batch's step number."""
+        self.inner.estimate(step + self.offset, est)
+
+    def control(self, step: int, t_s: float, result: ControlStep) -> None:
+        """Forward with the batch's step number."""
+        self.inner.control(step + self.offset, t_s, result)
+
+    def setpoint(self, row: SetpointRow) -> None:
+        """Forward with the batch's step number."""
+        self.inner.setpoint(SetpointRow(row.step + self.offset, row.seq, row.t_s, row.state, row.values, row.error))
+
+    def event(self, row: EventRow) -> None:
+        """Forward unchanged."""
+        self.inner.event(row)
+
+
+class HeldInput:
+    """An :class:`Estimator` whose first update gets ``u0`` when the loop has no applied input yet.
+
+    A resumed loop starts with no input of its own; the plant has been holding the last applied one.
+    """
+
+    def __init__(self, inner: Estimator, u0: FloatArray | None) -> None:
+        """Args: inner: the estimator; u0: the input applied before the loop starts (None if none)."""
+        self.inner = inner
+        self._u0 = u0
+
+    def update(self, meas: Measurements, u_applied: FloatArray | None) -> Estimate:
+        """Forward, with ``u0`` in place of the loop's first ``None``."""
+        if u_applied is None:
+            u_applied = self._u0
+        self._u0 = None
+        return self.inner.update(meas, u_applied)
+
+
+def loop_result_from_history(history: MemoryRecord, steps: int) -> LoopResult:
+    """The loop's counters as the record shows them (what a killed and resumed loop cannot count)."""
+    final = history.reads[-1][1]
+    misses = sum(1 for e in history.events if e.kind in MISS_EVENTS)
+    refused = sum(1 for s in history.setpoints if s.state == "refused")
+    fallbacks = sum(1 for _, _, c in history.controls if c.fallback is not None)
+    return LoopResult(steps, final, misses, refused, fallbacks)
+
+
+def finish_batch(record: BatchRecord, scenario: Scenario, out_dir: Path, controller_name: str) -> RunResult:
+    """Mark the batch complete (``run_end`` event, once) and write the run directory from the record."""
+    spec = scenario.spec()
+    history = load_history(record.connection)
+    if not any(e.kind == "run_end" for e in history.events):
+        t_end = history.reads[-1][1].time_s
+        record.event(EventRow(t_end, "run_end", f"batch complete: {scenario.loop.steps} steps"))
+        history = load_history(record.connection)
+    loop = loop_result_from_history(history, scenario.loop.steps)
+    kpis = write_outputs(scenario, spec, history, loop, controller_name, twin_params(spec, scenario), out_dir)
+    kpis["record"] = {"file": RECORD_FILE, "rows": record.last_rec, "head_sha256": record.head.hex()}
+    return RunResult(kpis, history, loop)
+
+
+def new_parts(scenario: Scenario) -> tuple[ModelSpec, FloatArray, MeasuredStateEstimator, Controller]:
+    """The spec, the twin's parameters, a fresh estimator and controller of ``scenario``."""
+    spec = scenario.spec()
+    p = twin_params(spec, scenario)
+    return spec, p, MeasuredStateEstimator(spec, p), build_controller(scenario, spec, p)
+
+
+def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup) -> RunResult:
+    """Run the scenario's batch against ``plant``, recorded durably in ``out_dir/record.sqlite``.
+
+    Durability follows the plant's clock: ``full`` for a real-time plant, ``normal`` for a virtual one.
+
+    Raises:
+        RecordError: ``out_dir`` already holds a batch record.
+    """
+    spec, _, estimator, controller = new_parts(scenario)
+    info = plant.hello()
+    config = RecordConfig(
+        durability="full" if info.clock == "realtime" else "normal", period_s=scenario.loop.period_s
+    )
+    meta = RunMeta(
+        operator=setup.operator,
+        scenario_name=scenario.name,
+        scenario_sha256=scenario.sha256,
+        scenario_source=scenario.source,
+        software=software_versions(),
+        model=spec.name,
+        controller=controller.name,
+        plant_endpoint=setup.plant_endpoint,
+        plant_client_id=setup.plant_client_id,
+        plant_hello={"plant": info.plant, "protocol": info.protocol, "clock": info.clock, "time_s": info.time_s},
+        states=spec.states,
+        inputs=spec.inputs,
+        params=spec.params,
+        period_s=scenario.loop.period_s,
+        steps=scenario.loop.steps,
+    )
+    record = BatchRecord.create(out_dir / RECORD_FILE, meta, config)
+    try:
+        record.set_checkpoint(lambda: snapshot(estimator, controller))
+        run_loop(
+            spec=spec,
+            plant=plant,
+            estimator=estimator,
+            controller=controller,
+            clock=VirtualClock(plant.advance, scenario.loop.period_s),
+            recorder=record,
+            steps=scenario.loop.steps,
+            period_s=scenario.loop.period_s,
+            budget_s=scenario.controller.budget_s,
+        )
+        return finish_batch(record, scenario, out_dir, controller.name)
+    finally:
+        record.close()
+
+
+def inputs_vector(spec: ModelSpec, values: dict[str, float]) -> FloatArray:
+    """Setpoint values in the spec's input order."""
+    return np.array([values[n] for n in spec.inputs], dtype=float)
