@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``bioimp`` subcommand."""
     from hil.emulator.cli import add_emulate_parser
     from hil.gateway.cli import add_gateway_parser
+    from hil.record_cli import add_batch_run_options, add_record_parsers
     from hil.server import add_plant_serve_parser
 
     parser = argparse.ArgumentParser(prog="bioimp", description="Digital-twin control loop for bioreactors.")
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--plant", metavar="ENDPOINT", help="connect to this plant server instead of starting one")
     run.set_defaults(func=_cmd_run)
+    add_batch_run_options(run)  # the durable batch record and --resume (hil/record_cli.py)
 
     sim = sub.add_parser("simulate", help="open-loop simulation from an inputs CSV")
     sim.add_argument("--model", required=True, help="model name or package.module:function")
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     plant = sub.add_parser("plant", help="plant-side commands")
     plant_sub = plant.add_subparsers(dest="plant_command", required=True)
     add_plant_serve_parser(plant_sub)
+    add_record_parsers(sub)
     add_gateway_parser(sub)
     add_emulate_parser(sub)
     return parser
