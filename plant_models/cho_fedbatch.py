@@ -97,9 +97,9 @@ TEMPERATURE_SETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
         # Carcano (2010) Gaussian as used by Möller et al. 2020: growth x0.14 at 32 degC (strong);
         # Möller give q_P no temperature effect, we keep the moderate q_P rise.
         "carcano": MappingProxyType({"T_opt": 36.4, "T_spread": 3.12, "k_qP": 0.112}),
-        # No temperature effect: the plain Xing structure's behaviour (growth factor 1 within 1e-5 over
+        # No temperature effect: the plain Xing structure's behaviour (growth factor 1 within 1e-6 over
         # 30-39 degC, q_P constant).
-        "none": MappingProxyType({"T_opt": 36.4, "T_spread": 2000.0, "k_qP": 0.0}),
+        "none": MappingProxyType({"T_opt": 36.4, "T_spread": 1.0e4, "k_qP": 0.0}),
     }
 )
 
