@@ -12,9 +12,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import BUILTIN_MODELS, resolve_model
+
+if TYPE_CHECKING:
+    from hil.security import ClientKeys
 
 EXIT_USAGE = 2
 
@@ -83,6 +87,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_client_key_options(parser: argparse.ArgumentParser) -> None:
+    """``--client-key`` and ``--server-public-key``: what a client needs for a CURVE server."""
+    parser.add_argument("--client-key", metavar="FILE", help="CURVE: this client's secret key file (.key_secret)")
+    parser.add_argument("--server-public-key", metavar="FILE", help="CURVE: the server's public key file (.key)")
+
+
+def client_keys_from_args(args: argparse.Namespace) -> ClientKeys | None:
+    """The client's CURVE keys, or None when neither option is given.
+
+    Raises:
+        ScenarioError: only one of the two options, or an unreadable key file.
+    """
+    from hil.security import ClientKeys
+
+    if args.client_key is None and args.server_public_key is None:
+        return None
+    if args.client_key is None or args.server_public_key is None:
+        raise ScenarioError("--client-key and --server-public-key go together (CURVE needs both)")
+    return ClientKeys.load(Path(args.client_key), Path(args.server_public_key))
+
+
+def _cmd_arm(args: argparse.Namespace) -> int:
+    from hil.client import ZmqPlant
+
+    with ZmqPlant(args.endpoint, timeout_s=args.timeout, retries=0, keys=client_keys_from_args(args)) as plant:
+        time_s, state = plant.arm()
+    print(f"{args.endpoint}: {state} at plant time {time_s:g} s")
+    return 0
+
+
+def _cmd_keys_generate(args: argparse.Namespace) -> int:
+    from hil.security import generate_keys
+
+    for path in generate_keys(Path(args.dir), tuple(args.name or ("server", "client"))):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``bioimp`` subcommand."""
     from hil.emulator.cli import add_emulate_parser
@@ -109,6 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the built-in models with their signals and units")
     models.set_defaults(func=_cmd_models)
+
+    arm = sub.add_parser("arm", help="re-arm a plant server or gateway after a fail-safe (operator action)")
+    arm.add_argument("endpoint", help="the server's command endpoint, e.g. tcp://127.0.0.1:5555")
+    arm.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="wait this long for the reply")
+    add_client_key_options(arm)
+    arm.set_defaults(func=_cmd_arm)
+
+    keys = sub.add_parser("keys", help="CurveZMQ key pairs")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    generate = keys_sub.add_parser("generate", help="write key pairs (pyzmq certificate files) into DIR")
+    generate.add_argument("dir", help="folder to write NAME.key (public) and NAME.key_secret into")
+    generate.add_argument(
+        "--name", action="append", metavar="NAME", help="a key pair to make (repeatable; default: server, client)"
+    )
+    generate.set_defaults(func=_cmd_keys_generate)
 
     plant = sub.add_parser("plant", help="plant-side commands")
     plant_sub = plant.add_subparsers(dest="plant_command", required=True)

@@ -27,6 +27,7 @@ import zmq
 
 from hil.client_base import BAD_REPLY, RequestPlant, check_reply, measurements_from_wire
 from hil.protocol import TOPIC_EVENT, TOPIC_MEAS
+from hil.security import ClientKeys, apply_client_keys
 from plant_models.errors import PlantTimeout, ProtocolError
 from twin.interfaces import Measurements
 
@@ -75,6 +76,7 @@ class ZmqPlant(_SocketOwner, RequestPlant):
         timeout_s: float = 2.0,
         retries: int = 3,
         identity: bytes | None = None,
+        keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         """Connect (lazily, as ZeroMQ does) to ``command_endpoint``.
@@ -85,6 +87,7 @@ class ZmqPlant(_SocketOwner, RequestPlant):
             retries: resends of an idempotent request after a timeout before giving up.
             identity: the ZeroMQ routing id (1-255 bytes, not starting with a zero byte); random when
                 None. Reuse it to reconnect as the same client.
+            keys: CURVE keys for a server that has them; None connects in the clear.
             context: ZeroMQ context; the process-wide one when None.
 
         Raises:
@@ -104,6 +107,7 @@ class ZmqPlant(_SocketOwner, RequestPlant):
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.ROUTING_ID, self.identity)
+        apply_client_keys(self._socket, keys)
         # With IMMEDIATE and no connection yet, send blocks; bound it like every receive.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, round(timeout_s * 1000)))
         self._socket.connect(command_endpoint)
@@ -169,13 +173,15 @@ class TelemetrySubscriber(_SocketOwner):
         telemetry_endpoint: str,
         *,
         topics: tuple[str, ...] = (TOPIC_MEAS, TOPIC_EVENT),
+        keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
-        """Connect to ``telemetry_endpoint`` and subscribe to ``topics``."""
+        """Connect to ``telemetry_endpoint`` (with CURVE ``keys`` if given) and subscribe to ``topics``."""
         ctx = context if context is not None else zmq.Context.instance()
         self.telemetry_endpoint = telemetry_endpoint
         self._socket: zmq.Socket[bytes] = ctx.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
+        apply_client_keys(self._socket, keys)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._socket.connect(telemetry_endpoint)

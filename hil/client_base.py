@@ -210,11 +210,18 @@ class RequestPlant(ABC):
         return _number(self._call("advance", {"dt": float(dt_s)}, idempotent=False), "time")
 
     def heartbeat(self) -> tuple[float, PlantState]:
-        """Tell the plant this client is alive; return (plant time s, plant state)."""
-        body = self._call("heartbeat", {})
+        """Tell the plant this client is alive (feeds its watchdog); return (plant time s, plant state)."""
+        return self._state_call("heartbeat")
+
+    def arm(self) -> tuple[float, PlantState]:
+        """Leave fail-safe (an operator action); return (plant time s, plant state)."""
+        return self._state_call("arm")
+
+    def _state_call(self, op: str) -> tuple[float, PlantState]:
+        body = self._call(op, {})
         state = body.get("state")
         if state not in ("armed", "failsafe"):
-            raise _bad("heartbeat reply has an invalid 'state'")
+            raise _bad(f"{op} reply has an invalid 'state'")
         return _number(body, "time"), cast(PlantState, state)
 
     @abstractmethod

@@ -109,7 +109,7 @@ def start_authenticator(context: zmq.Context[zmq.Socket[bytes]], allow_dir: Path
     """Start the ZAP handler of ``context``: CURVE clients whose public key is in ``allow_dir`` only."""
     auth = ThreadAuthenticator(context)
     auth.start()
-    auth.configure_curve(domain="*", location=str(allow_dir))
+    auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=str(allow_dir))
     return auth
 
 

@@ -115,6 +115,10 @@ class Plant(Protocol):
         """Integrate a virtual-clock plant by ``dt_s`` seconds; return the new plant time."""
         ...
 
+    def heartbeat(self) -> tuple[float, PlantState]:
+        """Feed the plant's watchdog; return (plant time s, ``"armed"`` or ``"failsafe"``)."""
+        ...
+
     def close(self) -> None:
         """Release the connection (idempotent)."""
         ...

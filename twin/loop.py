@@ -2,18 +2,30 @@
 
 The loop knows only protocols (Plant, Estimator, Controller, Clock, Recorder), never concrete classes,
 so the same code drives a simulated plant in-process, a plant server over ZeroMQ, or a hardware gateway.
+
+What it does when things go wrong (each is recorded as an event):
+
+* a step slower than its compute budget is a deadline miss; unless the controller already fell back,
+  the previous plan's next move is applied instead of the late answer;
+* a write refused with ``failsafe`` halts control: the loop keeps reading and estimating, sends no
+  setpoint, and resumes only once the plant has been armed again (an operator action, ``bioimp arm``);
+* a plant that does not answer a read or a write (after the client's idempotent retries) loses that
+  period; the loop carries on with the next one;
+* a clock overrun skips to the next period start, never bursts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from plant_models.errors import ProtocolError
+from plant_models.errors import PlantTimeout, ProtocolError
 from plant_models.spec import ModelSpec
 from twin.interfaces import Clock, Controller, Estimator, FloatArray, Measurements, Plant
 from twin.record import EventRow, Recorder, SetpointRow
+
+_FAILSAFE = "failsafe"  # the wire protocol's error code for a write refused in fail-safe
 
 
 @dataclass(frozen=True)
@@ -51,27 +63,50 @@ def run_loop(
         recorder: receives every event of the data flow.
         steps: number of control periods.
         period_s: period length (s); each setpoint is valid until the end of its period.
-        budget_s: controller compute budget per step; a slower step counts as a deadline miss.
+        budget_s: controller compute budget per step; a slower step counts as a deadline miss, and unless
+            the controller already fell back, the previous plan's next move is applied instead.
         first_seq: sequence number of the first setpoint (so a resumed run continues the sequence).
     """
     misses = refused = fallbacks = 0
     u_applied: FloatArray | None = None
+    plan: FloatArray | None = None  # the last applied step's plan over the horizon, for a late step
+    halted = False  # the plant is in fail-safe: nothing is sent until it is armed again
     seq = first_seq
+    t_last = float("nan")  # plant time of the last reading
     for step in range(steps):
-        meas = plant.read()
+        try:
+            meas = plant.read()
+        except PlantTimeout as exc:
+            # A real-time loop rides through a short outage: the period is lost, the gap recorded.
+            recorder.event(EventRow(t_last, "plant_unreachable", f"read: {exc}"))
+            misses += _wait(clock, recorder, t_last)
+            continue
+        t_last = meas.time_s
         recorder.measurements(step, meas)
         est = estimator.update(meas, u_applied)
         recorder.estimate(step, est)
         for name in est.rejected:
             recorder.event(EventRow(meas.time_s, "measurement_rejected", f"{name}: missing or not finite"))
 
+        if halted:
+            _, state = plant.heartbeat()
+            if state == "failsafe":
+                misses += _wait(clock, recorder, meas.time_s)
+                continue
+            halted = False
+            plan = None
+            recorder.event(EventRow(meas.time_s, "plant_armed", "the plant was re-armed; control resumes"))
+
         result = controller.step(meas.time_s, est.x, est.p)
-        recorder.control(step, meas.time_s, result)
         if budget_s is not None and result.compute_s > budget_s:
             misses += 1
-            recorder.event(
-                EventRow(meas.time_s, "deadline_miss", f"controller took {result.compute_s:.3f} s > {budget_s} s")
-            )
+            late = f"controller took {result.compute_s:.3f} s > budget {budget_s} s"
+            if result.fallback is None and plan is not None and len(plan) > 1:
+                # Too late to trust as fresh: apply the previous plan's next move instead.
+                result = replace(result, u=plan[1], fallback="previous_plan", predicted_x=None, planned_u=plan[1:])
+                late += "; applied the previous plan's next move"
+            recorder.event(EventRow(meas.time_s, "deadline_miss", late))
+        recorder.control(step, meas.time_s, result)
         if result.fallback is not None:
             fallbacks += 1
             recorder.event(EventRow(meas.time_s, "controller_fallback", f"{result.status}: {result.fallback}"))
@@ -84,15 +119,26 @@ def run_loop(
             refused += 1
             recorder.setpoint(SetpointRow(step, seq, meas.time_s, "refused", setpoints, exc.code))
             recorder.event(EventRow(meas.time_s, "setpoint_refused", str(exc)))
+            if exc.code == _FAILSAFE:
+                halted = True
+                recorder.event(EventRow(meas.time_s, "plant_failsafe", "no setpoint is sent until the plant is armed"))
+        except PlantTimeout as exc:
+            recorder.event(EventRow(meas.time_s, "plant_unreachable", f"write seq {seq}: {exc}"))
         else:
             recorder.setpoint(SetpointRow(step, seq, reply.time_s, "applied", dict(reply.applied)))
             u_applied = np.array([reply.applied[n] for n in spec.inputs])
+            plan = result.planned_u
         seq += 1
-        overrun = clock.wait_next_period()
-        if overrun > 0:
-            misses += 1
-            recorder.event(EventRow(meas.time_s, "period_overrun", f"late by {overrun:.3f} s"))
+        misses += _wait(clock, recorder, meas.time_s)
     final = plant.read()
     recorder.measurements(steps, final)
     return LoopResult(steps, final, misses, refused, fallbacks)
 
+
+def _wait(clock: Clock, recorder: Recorder, t_s: float) -> int:
+    """Wait for the next period; record and count (1) an overrun."""
+    overrun = clock.wait_next_period()
+    if overrun > 0:
+        recorder.event(EventRow(t_s, "period_overrun", f"late by {overrun:.3f} s; skipped to the next period"))
+        return 1
+    return 0

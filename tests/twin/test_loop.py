@@ -14,6 +14,7 @@ from controllers.interfaces import ControlStep, FloatArray
 from controllers.nmpc import build_mpc
 from hil.handler import ProtocolHandler
 from hil.inprocess import InProcessPlant
+from plant_models.errors import PlantTimeout
 from plant_models.fedbatch_haldane import fedbatch_haldane
 from twin.clock import VirtualClock
 from twin.estimation import MeasuredStateEstimator
@@ -168,3 +169,97 @@ def test_nmpc_closes_the_loop_through_the_protocol() -> None:
     assert len(applied) == 10 and result.fallbacks == 0  # type: ignore[attr-defined]
     assert all(0.0 <= r.values["inp"] <= 0.2 for r in applied)
     assert applied[-1].values["inp"] > 0.0  # it feeds: the product objective wants substrate
+
+
+class PlanningController(FixedController):
+    """Fixed input, a plan over 3 steps (the input, then 0.02, 0.03), and a compute time per call."""
+
+    def __init__(self, u: float, compute_s: list[float]) -> None:
+        super().__init__(u)
+        self.times = compute_s
+
+    def step(self, t_s: float, x: FloatArray, p: FloatArray) -> ControlStep:
+        plan = np.array([[self.u], [0.02], [0.03]])
+        return ControlStep(np.array([self.u]), "ok", self.times.pop(0), planned_u=plan)
+
+
+def test_late_step_applies_the_previous_plans_next_move() -> None:
+    _, plant = _plant()
+    rec = MemoryRecord()
+    result = _run(plant, PlanningController(0.05, [0.01, 0.5, 0.01]), rec, steps=3, budget_s=0.1)
+    applied = [r.values["inp"] for r in rec.setpoints if r.state == "applied"]
+    assert applied == [0.05, 0.02, 0.05]  # step 2 was late: the plan made at step 1 said 0.02
+    assert result.deadline_misses == 1 and result.fallbacks == 1  # type: ignore[attr-defined]
+    assert [e.kind for e in rec.events] == ["deadline_miss", "controller_fallback"]
+    assert rec.controls[1][2].fallback == "previous_plan"
+
+
+class ArmAfter:
+    """A clock that puts the plant in fail-safe after period ``trip`` and arms it after period ``arm``."""
+
+    kind = "virtual"
+
+    def __init__(self, handler: ProtocolHandler, plant: InProcessPlant, trip: int, arm: int) -> None:
+        self.handler, self.plant, self.trip, self.arm_at = handler, plant, trip, arm
+        self.periods = 0
+
+    def wait_next_period(self) -> float:
+        self.plant.advance(3600.0)
+        self.periods += 1
+        if self.periods == self.trip:
+            self.handler.enter_failsafe("test: watchdog")
+        if self.periods == self.arm_at:
+            self.handler.arm("test: operator")
+        return 0.0
+
+
+def test_failsafe_halts_control_until_the_plant_is_armed_again() -> None:
+    sim = SimulatedPlant(SPEC)
+    handler = ProtocolHandler(sim)
+    plant = InProcessPlant(handler)
+    rec = OrderRecorder()
+    result = run_loop(
+        spec=SPEC,
+        plant=plant,
+        estimator=MeasuredStateEstimator(SPEC, P),
+        controller=FixedController(0.05),
+        clock=ArmAfter(handler, plant, trip=2, arm=4),
+        recorder=rec,
+        steps=6,
+        period_s=3600.0,
+    )
+    states = [(r.seq, r.state) for r in rec.setpoints]
+    # seq 3 is refused (fail-safe); steps 4 and 5 send nothing; control resumes at step 6 with seq 4.
+    assert states == [(1, "intended"), (1, "applied"), (2, "intended"), (2, "applied"), (3, "intended"),
+                      (3, "refused"), (4, "intended"), (4, "applied"), (5, "intended"), (5, "applied")]
+    kinds = [e.kind for e in rec.events]
+    assert kinds == ["setpoint_refused", "plant_failsafe", "plant_armed"]
+    assert result.refused_writes == 1
+    assert len(rec.estimates) == 6  # estimation went on while halted
+    assert sim.applied() == {"inp": 0.05}
+
+
+class Unreachable:
+    """Plant wrapper whose ``read`` times out at the given read numbers (a short network outage)."""
+
+    def __init__(self, plant: InProcessPlant, at_reads: set[int]) -> None:
+        self.plant, self.at_reads, self.reads = plant, at_reads, 0
+
+    def read(self, names: tuple[str, ...] | None = None) -> Measurements:
+        self.reads += 1
+        if self.reads - 1 in self.at_reads:
+            raise PlantTimeout("no reply (test)")
+        return self.plant.read(names)
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self.plant, attr)
+
+
+def test_an_unreachable_plant_loses_the_period_not_the_batch() -> None:
+    _, inner = _plant()
+    rec = MemoryRecord()
+    result = _run(Unreachable(inner, {1}), FixedController(0.05), rec, steps=3)
+    assert [e.kind for e in rec.events] == ["plant_unreachable"]
+    assert rec.events[0].t_s == 0.0  # the time of the last reading
+    assert [r.seq for r in rec.setpoints if r.state == "applied"] == [1, 2]
+    assert result.final.time_s == pytest.approx(3 * 3600.0)  # type: ignore[attr-defined]

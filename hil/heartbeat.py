@@ -1,0 +1,90 @@
+"""The controller's heartbeat: a thread of its own that keeps the plant's watchdog fed.
+
+The loop's thread may spend a long time in a solver step; the watchdog must not trip for that. A dead
+controller process, on the other hand, takes this thread with it, and the plant goes to fail-safe.
+The thread has its own socket (ZeroMQ sockets belong to one thread) and its own routing id, so its
+requests never interleave with the loop's.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from types import TracebackType
+from typing import Self
+
+import zmq
+
+from hil.client import ZmqPlant
+from hil.security import ClientKeys
+from plant_models.errors import PlantTimeout, ProtocolError
+from twin.interfaces import PlantState
+
+__all__ = ["HeartbeatSender", "heartbeat_period_s"]
+
+log = logging.getLogger("bioimp.hil")
+
+
+def heartbeat_period_s(watchdog_s: float) -> float:
+    """A heartbeat period that survives two lost heartbeats (and their timeouts) within the watchdog."""
+    return max(0.02, watchdog_s / 4)
+
+
+class HeartbeatSender:
+    """Sends ``heartbeat`` every ``period_s`` on its own thread until stopped; keeps the last state seen.
+
+    Example::
+
+        with HeartbeatSender("tcp://127.0.0.1:5555", period_s=1.0):
+            run_the_loop()
+    """
+
+    def __init__(self, endpoint: str, period_s: float, *, keys: ClientKeys | None = None) -> None:
+        """Args: endpoint: the plant's command endpoint; period_s: seconds between heartbeats;
+        keys: CURVE keys when the server has them."""
+        if not period_s > 0:
+            raise ValueError(f"period_s must be > 0, not {period_s}")
+        self.endpoint = endpoint
+        self.period_s = period_s
+        self.state: PlantState | None = None
+        self.sent = 0
+        self._keys = keys
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bioimp-heartbeat", daemon=True)
+
+    def start(self) -> Self:
+        """Start the thread (returns self)."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        identity = b"bioimp-hb-" + secrets.token_hex(6).encode()
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        try:
+            with ZmqPlant(
+                self.endpoint, timeout_s=self.period_s, retries=0, identity=identity, keys=self._keys, context=context
+            ) as plant:
+                while not self._stop.is_set():
+                    try:
+                        _, self.state = plant.heartbeat()
+                        self.sent += 1
+                    except (PlantTimeout, ProtocolError) as exc:
+                        log.warning("heartbeat to %s failed: %s", self.endpoint, exc)
+                    self._stop.wait(self.period_s)
+        finally:
+            context.term()
