@@ -23,6 +23,10 @@ BUDGETS: dict[str, Budget] = {
         1.0, "ratio", "our NMPC step must be faster than do-mpc's on the same problem (issue 2)"
     ),
     "simulator_step_p50_ms": Budget(5.0, "ms", "one 1-h CVODES step of the plant simulator"),
+    "realtime_jitter_p99_ms": Budget(
+        10.0, "ms", "real-time loop: p99 lateness of a period start (60 periods of 50 ms, issue 3)"
+    ),
+    "realtime_missed_periods": Budget(0.0, "periods", "real-time loop: no overrun in 60 periods of 50 ms"),
     "zmq_write_roundtrip_p99_ms": Budget(
         5.0, "ms", "write round trip to a plant server in another process over loopback TCP"
     ),
