@@ -20,7 +20,7 @@ Rules (names are taken after ``rename_a``/``rename_b``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import casadi as ca
@@ -30,6 +30,7 @@ from plant_models.errors import ModelError
 from plant_models.spec import Bounds, ModelSpec, Symbols, build_spec
 
 _KINDS = ("states", "inputs", "params")
+_Wiring = Callable[[Symbols, Symbols, Symbols], dict[int, tuple[ca.SX, ca.SX, ca.SX]]]
 
 
 @dataclass(frozen=True)
@@ -250,14 +251,14 @@ def compose(
     return spec
 
 
-def _check_shared_states(spec: ModelSpec, pa: _Part, pb: _Part, names: list[str], wire: object) -> None:
+def _check_shared_states(spec: ModelSpec, pa: _Part, pb: _Part, names: list[str], wire: _Wiring) -> None:
     """Both parts must give a shared state the same derivative (checked at x0, safe and maximal inputs)."""
     if not names:
         return
     x = {n: ca.SX.sym(n) for n in spec.states}
     u = {n: ca.SX.sym(n) for n in spec.inputs}
     p = {n: ca.SX.sym(n) for n in spec.params}
-    args = wire(x, u, p)  # type: ignore[operator]
+    args = wire(x, u, p)
     pairs = []
     for n in names:
         da = pa.spec.f(*args[id(pa)])[pa.renamed("states").index(n)]

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import casadi as ca
+
 from plant_models.errors import ModelError
 from plant_models.parameters import Param, spec_params
 from plant_models.spec import ModelSpec, Symbols, build_spec
@@ -94,7 +96,7 @@ VESSELS: Mapping[str, Vessel] = MappingProxyType(
 )
 
 
-def _rhs(x: Symbols, u: Symbols, p: Symbols) -> dict[str, object]:
+def _rhs(x: Symbols, u: Symbols, p: Symbols) -> dict[str, ca.SX]:
     heat_capacity = p["rho"] * x["V"] * p["cp"] + p["C_vessel"]  # J/K: broth plus vessel wall
     loss = p["UA"] * (x["T"] - p["T_amb"])  # W through wall/jacket to the room
     # Feed enters at T_feed and must be warmed to T: rho F cp (T_feed - T), with F in L/h -> per second.
@@ -123,7 +125,7 @@ def reactor_thermal(vessel: str = "bench_2l") -> ModelSpec:
         states={"T": "degC", "V": "L"},
         inputs={"P_heater": "W", "F": "L/h", "Q_met": "W"},
         params=spec_params(v.params),
-        rhs=_rhs,  # type: ignore[arg-type]
+        rhs=_rhs,
         x0={"T": 36.5, "V": v.start_volume_l},
         state_bounds={"T": (0.0, 60.0), "V": (0.0, v.max_volume_l)},
         input_bounds={"P_heater": (0.0, v.max_heater_w), "F": (0.0, v.max_feed_l_per_h), "Q_met": (0.0, 1e6)},
