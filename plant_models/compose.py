@@ -63,6 +63,9 @@ def _part(spec: ModelSpec, label: str, rename: Mapping[str, str] | None) -> _Par
         if old not in names:
             raise ModelError(f"rename_{label}: model {spec.name!r} has no signal {old!r}")
         names[old] = new
+    signals = [names[n] for n in spec.states + spec.inputs + spec.params]
+    if len(set(signals)) != len(signals):
+        raise ModelError(f"rename_{label}: two signals of {spec.name!r} would both be called the same")
     return _Part(spec, label, names)
 
 

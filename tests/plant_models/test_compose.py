@@ -146,6 +146,7 @@ def test_rename_resolves_a_clash() -> None:
         (_tank, lambda: _heater(outputs=lambda x, u, p: {"k": (u["P"], "1/h")}),
          {"connections": {"k": "k"}, "shared": ("F", "V")}, "depends on inputs"),
         (_tank, _heater, {"rename_a": {"Q": "R"}}, "rename_a: model 'tank' has no signal 'Q'"),
+        (_tank, _heater, {"rename_b": {"P": "F"}}, "rename_b: two signals of 'heater' would both be called"),
     ],
 )
 def test_inconsistent_compositions_are_refused(a: Any, b: Any, kwargs: dict[str, Any], message: str) -> None:
