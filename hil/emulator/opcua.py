@@ -23,13 +23,14 @@ from typing import Any, TextIO
 from asyncua import Server, ua
 
 from hil.emulator.reactor import EmulatedReactor
+from hil.gateway.certs import EMULATOR_URI
 from hil.gateway.config import DeviceConfig, OpcUaDeviceConfig
 from plant_models.errors import ScenarioError
 
 __all__ = ["NAMESPACE", "serve_opcua"]
 
 log = logging.getLogger("bioimp.emulator")
-NAMESPACE = "urn:bioimp:emulator"
+NAMESPACE = "urn:bioimp:emulator:reactor"
 
 
 async def _serve(
@@ -47,6 +48,7 @@ async def _serve(
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/")
     server.set_server_name("bioimp emulated reactor")
+    await server.set_application_uri(EMULATOR_URI)
     policies = []
     if certificate is not None and private_key is not None:
         await server.load_certificate(str(certificate))

@@ -54,6 +54,9 @@ def serve_gateway(config: GatewayConfig, args: argparse.Namespace, *, out: TextI
         return _fail(str(exc))
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format=f"{_PROG}: %(levelname)s: %(message)s")
+    # Driver libraries log every failed reconnect attempt; the gateway reports driver state itself.
+    for library in ("asyncua", "pymodbus"):
+        logging.getLogger(library).setLevel(logging.ERROR)
     backend = GatewayBackend(config)
     backend.start()
     try:

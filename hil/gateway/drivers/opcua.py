@@ -17,6 +17,7 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.sync import ThreadLoop
 
+from hil.gateway.certs import GATEWAY_URI
 from hil.gateway.config import DeviceConfig, OpcUaDeviceConfig, OpcUaDriverConfig
 from hil.gateway.drivers import DriverError
 
@@ -56,6 +57,7 @@ class OpcUaDriver:
         self._loop = ThreadLoop(timeout=cfg.timeout_s * 3)
         self._loop.start()
         client = Client(cfg.url, timeout=cfg.timeout_s)
+        client.application_uri = GATEWAY_URI  # must match the URI in the client certificate
         try:
             if cfg.security_policy == "Basic256Sha256":
                 assert cfg.certificate is not None and cfg.private_key is not None
