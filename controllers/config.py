@@ -14,6 +14,9 @@ from types import MappingProxyType
 from plant_models.errors import ScenarioError
 from plant_models.spec import Bounds, ModelSpec
 
+SOLVERS = ("ipopt", "sqp-hpipm")
+MODES = ("converged", "rti")
+
 
 def _empty() -> Mapping[str, float]:
     return MappingProxyType({})
@@ -47,7 +50,18 @@ class MpcConfig:
         input_bounds: bounds per input (override the model's).
         substeps: integrator substeps (RK4) per interval for our multiple-shooting discretisation.
         max_iter: solver iteration limit per step.
-        tol: solver convergence tolerance.
+        tol: solver convergence tolerance (Ipopt's ``tol``; for ``sqp-hpipm`` the largest step,
+            in the infinity norm, at which the SQP iteration counts as converged).
+        solver: ``"ipopt"`` (general sparse interior point) or ``"sqp-hpipm"`` (our SQP on the
+            stage-wise structure, each QP solved by HPIPM's Riccati-based interior point).
+        mode: ``"converged"`` (iterate to ``tol``) or ``"rti"`` (real-time iteration: one SQP step
+            per sample, linearised before the measurement arrives; ``sqp-hpipm`` only).
+        budget_s: compute budget per step (wall seconds); when a solve would exceed it the
+            controller returns its best iterate or the shifted previous plan and says so.
+        compiled: generate C for the SQP's derivative functions, compile it once with the system C
+            compiler and cache it on disk; falls back to the interpreted functions without one.
+        cache_dir: where compiled functions are cached (default ``$BIOIMP_CACHE_DIR`` or
+            ``~/.cache/bioimp``).
     """
 
     horizon: int = 20
@@ -58,6 +72,11 @@ class MpcConfig:
     substeps: int = 2
     max_iter: int = 200
     tol: float = 1e-8
+    solver: str = "ipopt"
+    mode: str = "converged"
+    budget_s: float | None = None
+    compiled: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -68,6 +87,16 @@ class MpcConfig:
             raise ScenarioError(f"controller.substeps must be >= 1, got {self.substeps}")
         if self.max_iter < 1 or not (math.isfinite(self.tol) and self.tol > 0):
             raise ScenarioError("controller.max_iter must be >= 1 and controller.tol a positive number")
+        if self.solver not in SOLVERS:
+            raise ScenarioError(f"controller.solver: unknown solver {self.solver!r} (known: {', '.join(SOLVERS)})")
+        if self.mode not in MODES:
+            raise ScenarioError(f"controller.mode: unknown mode {self.mode!r} (known: {', '.join(MODES)})")
+        if self.mode == "rti" and self.solver != "sqp-hpipm":
+            raise ScenarioError(f"controller.mode: 'rti' needs solver 'sqp-hpipm', got {self.solver!r}")
+        if self.budget_s is not None and not (math.isfinite(self.budget_s) and self.budget_s > 0):
+            raise ScenarioError(f"controller.budget_s must be a positive number, got {self.budget_s}")
+        if self.compiled and self.solver != "sqp-hpipm":
+            raise ScenarioError(f"controller.compiled: needs solver 'sqp-hpipm', got {self.solver!r}")
         for bounds in (self.state_bounds, self.input_bounds):
             for name, (lo, hi) in bounds.items():
                 if not lo <= hi or lo == math.inf or hi == -math.inf:

@@ -25,6 +25,10 @@ class ControlStep:
         fallback: ``None`` when ``u`` is the fresh solution, else the fallback used.
         predicted_x: predicted state trajectory over the horizon (N+1, nx), if the controller has one.
         planned_u: planned inputs over the horizon (N, nu), if any.
+        iterations: solver iterations spent on this step, if the controller iterates.
+        feedback_s: wall-clock time from the call until ``u`` was known, when the controller splits
+            its work (real-time iteration prepares the next step after ``u`` is known, inside the
+            same call, so ``compute_s`` is the whole call and ``feedback_s`` the latency).
     """
 
     u: FloatArray
@@ -33,6 +37,8 @@ class ControlStep:
     fallback: str | None = None
     predicted_x: FloatArray | None = field(default=None, repr=False)
     planned_u: FloatArray | None = field(default=None, repr=False)
+    iterations: int | None = None
+    feedback_s: float | None = None
 
 
 class Controller(Protocol):

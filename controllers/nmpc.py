@@ -1,5 +1,9 @@
 """Economic NMPC built once from a ModelSpec with CasADi: direct multiple shooting, warm-started.
 
+:func:`build_mpc` chooses the solver path from ``MpcConfig.solver``: ``"ipopt"`` (this module's
+:class:`Mpc`) or ``"sqp-hpipm"`` (:class:`controllers.sqp.SqpMpc`, structure-exploiting, with the
+real-time iteration mode). This module's path:
+
 Build time (symbolic): the model's ``f`` is discretised with RK4 (``substeps`` per interval), the
 objective and bounds are assembled, and the NLP is frozen into one ``nlpsol`` with expanded SX graphs.
 Decision variables are ordered stage-wise ``[x_0, u_0, x_1, u_1, ..., x_N]`` so structure-exploiting
@@ -18,38 +22,14 @@ import numpy as np
 
 from controllers.config import MpcConfig
 from controllers.interfaces import ControlStep, FloatArray
+from controllers.sqp import SqpMpc
+from controllers.stagewise import rk4_step, weighted_signals
 from plant_models.spec import ModelSpec
 
 _OK_STATUSES = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
 
 
-def rk4_step(spec: ModelSpec, dt: float, substeps: int) -> ca.Function:
-    """A frozen RK4 map ``F(x, u, p) -> x(t + dt)`` with ``substeps`` equal sub-steps (model time)."""
-    x = ca.SX.sym("x", spec.nx)
-    u = ca.SX.sym("u", spec.nu)
-    p = ca.SX.sym("p", spec.np)
-    h = dt / substeps
-    xk = x
-    for _ in range(substeps):
-        k1 = spec.f(xk, u, p)
-        k2 = spec.f(xk + h / 2 * k1, u, p)
-        k3 = spec.f(xk + h / 2 * k2, u, p)
-        k4 = spec.f(xk + h * k3, u, p)
-        xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return ca.Function("rk4", [x, u, p], [xk], ["x", "u", "p"], ["xf"])
-
-
-def _weighted_signals(spec: ModelSpec, weights: dict[str, float]) -> ca.Function:
-    """``z(x, u, p) -> sum_i w_i * signal_i`` over states and model outputs named in ``weights``."""
-    x = ca.SX.sym("x", spec.nx)
-    u = ca.SX.sym("u", spec.nu)
-    p = ca.SX.sym("p", spec.np)
-    y = spec.h(x, u, p)
-    expr = ca.SX(0)
-    for name, w in weights.items():
-        signal = x[spec.states.index(name)] if name in spec.states else y[spec.outputs.index(name)]
-        expr += w * signal
-    return ca.Function("weighted", [x, u, p], [expr])
+_weighted_signals = weighted_signals
 
 
 class Mpc:
@@ -128,6 +108,9 @@ class Mpc:
                 "mu_init": 1e-6,
             },
         }
+        if config.budget_s is not None:
+            # Ipopt stops at its wall-time limit; the step then falls back to the shifted plan.
+            opts["ipopt"]["max_wall_time"] = config.budget_s
         self._solver = ca.nlpsol("nmpc", "ipopt", nlp, opts)
         self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs])
         self._w0: FloatArray | None = None
@@ -208,6 +191,12 @@ class Mpc:
         )
 
 
-def build_mpc(spec: ModelSpec, config: MpcConfig) -> Mpc:
-    """Build the NMPC for ``spec`` as configured (symbolic work happens here, once)."""
+def build_mpc(spec: ModelSpec, config: MpcConfig) -> Mpc | SqpMpc:
+    """Build the NMPC for ``spec`` as configured (symbolic work happens here, once).
+
+    ``config.solver`` picks the path: ``"ipopt"`` → :class:`Mpc`, ``"sqp-hpipm"`` →
+    :class:`~controllers.sqp.SqpMpc` (``config.mode`` converged or real-time iteration).
+    """
+    if config.solver == "sqp-hpipm":
+        return SqpMpc(spec, config)
     return Mpc(spec, config)

@@ -1,0 +1,191 @@
+"""Structure-exploiting NMPC: SQP on the stage-wise problem, every QP solved by HPIPM.
+
+Two modes (``MpcConfig.mode``):
+
+* ``"converged"``: full-step SQP with exact (eigen-clipped) Lagrangian Hessian from the shifted
+  previous primal-dual solution, until the step is below ``tol`` (typically 3–6 iterations).
+* ``"rti"`` (real-time iteration, Diehl et al.): one SQP step per sample. The *preparation*
+  (evaluate and convexify the Hessian, linearise the dynamics, build the QP at the shifted guess)
+  does not need the measurement, because the measurement enters only through the bounds of ``z_0``;
+  it runs right after ``u`` has been decided, for the next step. The *feedback* on a new measurement
+  is then one HPIPM solve. The error of not iterating to convergence is contracted step after step
+  along the closed loop, since each sample starts from the previous step's improved plan.
+
+Compute budget (``MpcConfig.budget_s``): before each further SQP iteration the controller predicts
+its cost from the last one; if the budget would be exceeded it stops and returns the current iterate
+(``fallback="budget_iterate"``: it satisfies bounds and linearised dynamics) or, when not even one
+iteration fits, the previous plan shifted by one interval (``fallback="shifted_plan"``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import casadi as ca
+import numpy as np
+
+from controllers.codegen import Compiled, compile_function
+from controllers.config import MpcConfig
+from controllers.hpipm_qp import StagewiseQp
+from controllers.interfaces import ControlStep, FloatArray
+from controllers.stagewise import StagewiseOcp, build_stagewise
+from plant_models.spec import ModelSpec
+
+
+@dataclass
+class _Prepared:
+    """A QP built at a guess: everything except the measurement-dependent bounds of ``z_0``."""
+
+    w: FloatArray
+    p: FloatArray
+    h: ca.DM
+    a: ca.DM
+    grad: FloatArray
+    b: FloatArray
+    lbd: FloatArray
+    ubd: FloatArray
+    j_z: FloatArray
+
+
+class SqpMpc:
+    """NMPC by SQP with HPIPM, converged or real-time iteration. Create with ``build_mpc``.
+
+    Attributes:
+        name: ``"nmpc"``.
+        ocp: the stage-wise problem.
+        compiled: how the stage derivatives are evaluated (compiled C or interpreted), and why.
+    """
+
+    name = "nmpc"
+
+    def __init__(self, spec: ModelSpec, config: MpcConfig) -> None:
+        """Build the stage-wise problem, its derivative functions and the HPIPM solver (once)."""
+        self.spec = spec
+        self.config = config
+        self.ocp: StagewiseOcp = build_stagewise(spec, config)
+        stage_map = self.ocp.stage_map
+        if config.compiled:
+            self.compiled: Compiled = compile_function(stage_map, config.cache_dir)
+        else:
+            self.compiled = Compiled(stage_map, False, None, False, "interpreted (compiled = false)")
+        self._stage_map = self.compiled.function
+        self._qp = StagewiseQp(self.ocp)
+        self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs], dtype=float)
+        self._w: FloatArray | None = None
+        self._lam = np.zeros(self._qp.ng)
+        self._prepared: _Prepared | None = None
+        self._iter_s: float | None = None  # wall time of the last SQP iteration (budget prediction)
+
+    # -- preparation: everything that does not need the measurement ---------------------------
+    def prepare(self, w: FloatArray, lam: FloatArray, p: FloatArray) -> _Prepared:
+        """Linearise at guess ``w`` with multipliers ``lam`` and parameters ``p``: the QP minus ``z_0``."""
+        ocp = self.ocp
+        n, nz, nv = ocp.n, ocp.nz, ocp.nv
+        zs, us, z_n = ocp.stages(w)
+        h_all, j_all, phi, grad = self._stage_map(zs, us, lam.reshape(n, nz).T, p)
+        h_n, grad_n = ocp.terminal_fn(z_n, p)
+        blocks = np.asarray(h_all, dtype=float).reshape(nv, n, nv).transpose(1, 0, 2)
+        j_dense = np.asarray(j_all, dtype=float)
+        h, a = self._qp.data(
+            self._qp.convexify(blocks), self._qp.convexify(np.asarray(h_n, dtype=float)), j_dense
+        )
+        j_z = j_dense.reshape(nz, n, nv).transpose(1, 0, 2)[:, :, :nz]
+        grad_w = np.concatenate([np.asarray(grad, dtype=float).T.ravel(), np.asarray(grad_n, dtype=float).ravel()])
+        # Gap right-hand side: z_{k+1} - phi(z_k, u_k), zero when the guess satisfies the dynamics.
+        b = np.concatenate([zs[:, 1:].T.ravel(), z_n]) - np.asarray(phi, dtype=float).T.ravel()
+        return _Prepared(w, p.copy(), h, a, grad_w, b, ocp.lbw - w, ocp.ubw - w, j_z)
+
+    # -- feedback: the part that needs the measurement -----------------------------------------
+    def _feedback(self, prep: _Prepared, z0: FloatArray) -> tuple[FloatArray, FloatArray, bool, str]:
+        """Pin ``z_0`` to the measurement and solve the prepared QP; return the new iterate."""
+        nz = self.ocp.nz
+        lbd, ubd = prep.lbd.copy(), prep.ubd.copy()
+        lbd[:nz] = ubd[:nz] = z0 - prep.w[:nz]
+        sol = self._qp.solve(prep.h, prep.grad, prep.a, prep.b, lbd, ubd, prep.j_z)
+        return prep.w + sol.d, sol.lam_g, sol.ok, sol.status
+
+    def _over_budget(self, start: float) -> bool:
+        """Would one more iteration (as long as the last one) end after the budget?"""
+        budget = self.config.budget_s
+        if budget is None or self._iter_s is None:
+            return False
+        return time.perf_counter() - start + self._iter_s > budget
+
+    def step(self, t_s: float, x: FloatArray, p: FloatArray) -> ControlStep:
+        """Decide the input from state ``x`` and parameters ``p`` (see module docstring for modes).
+
+        On QP failure (e.g. an infeasible state) the controller falls back to the previous plan
+        shifted by one interval (``fallback="shifted_plan"``), or to the safe inputs if it has none.
+        """
+        start = time.perf_counter()
+        ocp, cfg = self.ocp, self.config
+        x = np.asarray(x, dtype=float).ravel()
+        p = np.asarray(p, dtype=float).ravel()
+        z0 = ocp.z0(x, self._u_prev)
+        had_plan = self._w is not None
+        w = ocp.rollout(x, self._u_prev, p) if self._w is None else self._w
+        lam = self._lam
+        max_iter = 1 if cfg.mode == "rti" else cfg.max_iter
+        status, fallback, iterations, ok = "ok", None, 0, False
+        while iterations < max_iter:
+            if self._over_budget(start):
+                status = "budget_exceeded"
+                break
+            t_iter = time.perf_counter()
+            prep = self._prepared
+            if prep is None or prep.w is not w or not np.array_equal(prep.p, p):
+                prep = self.prepare(w, lam, p)
+            self._prepared = None
+            w_new, lam_new, ok, qp_status = self._feedback(prep, z0)
+            iterations += 1
+            self._iter_s = time.perf_counter() - t_iter
+            if not ok:
+                status = qp_status
+                break
+            # Full steps: from the shifted previous solution the iterate is close enough for the
+            # local (quadratic-to-fast-linear) convergence of exact-Hessian SQP.
+            step_norm = float(np.max(np.abs(w_new - w)))
+            w, lam = w_new, lam_new
+            if cfg.mode == "rti" or step_norm <= cfg.tol:
+                break
+        else:
+            status = "max_iter"
+            ok = False
+        if status == "budget_exceeded" and iterations > 0:
+            ok, fallback = True, "budget_iterate"  # the last QP step: bounds and linearised dynamics hold
+
+        nx, nz, nv = ocp.nx, ocp.nz, ocp.nv
+        if ok:
+            plan = w
+            self._lam = np.concatenate([lam[nz:], lam[-nz:]])
+        else:
+            self._lam = np.zeros(self._qp.ng)
+            if had_plan and self._w is not None:
+                plan = self._w  # already the previous plan shifted by one interval
+                fallback = "shifted_plan"
+            else:
+                plan = ocp.rollout(x, self._u_prev, p)
+                plan[nz:nv] = [self.spec.input_safe[name] for name in self.spec.inputs]
+                fallback = "safe_hold"
+        # HPIPM meets bounds to its tolerance (~1e-10); the plant refuses any out-of-range setpoint.
+        u = np.clip(plan[nz:nv], ocp.lbw[nz:nv], ocp.ubw[nz:nv])
+        feedback_s = time.perf_counter() - start
+        self._u_prev = u
+        self._w = ocp.shift(plan)
+        n = ocp.n
+        predicted_x = np.vstack([plan[k * nv : k * nv + nx] for k in range(n + 1)])
+        planned_u = np.vstack([plan[k * nv + nz : (k + 1) * nv] for k in range(n)])
+        if cfg.mode == "rti":
+            # Preparation for the next sample, at the shifted plan with this step's parameters.
+            self._prepared = self.prepare(self._w, self._lam, p)
+        return ControlStep(
+            u=u,
+            status=status,
+            compute_s=time.perf_counter() - start,
+            fallback=fallback,
+            predicted_x=predicted_x,
+            planned_u=planned_u,
+            iterations=iterations,
+            feedback_s=feedback_s,
+        )
