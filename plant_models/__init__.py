@@ -11,6 +11,7 @@ from plant_models.errors import (
 )
 from plant_models.registry import BUILTIN_MODELS, resolve_model
 from plant_models.spec import ModelSpec, build_spec, validate_spec
+from plant_models.uncertainty import ParameterUncertainty, draw
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -18,11 +19,13 @@ __all__ = [
     "InputDataError",
     "ModelError",
     "ModelSpec",
+    "ParameterUncertainty",
     "PlantTimeout",
     "ProtocolError",
     "ScenarioError",
     "SolverFailed",
     "build_spec",
+    "draw",
     "resolve_model",
     "validate_spec",
 ]

@@ -103,6 +103,13 @@ TEMPERATURE_SETS: Mapping[str, Mapping[str, float]] = MappingProxyType(
     }
 )
 
+# Parameter overrides that turn both added mechanisms off: lactate in fixed proportion Y_LS = 1.23 to the
+# glucose consumed (K_ov tiny, no uptake) and no temperature effect. What remains is the plain Xing
+# structure (up to the positivity gates), the one on which issue 4 measured that feeding hardly matters.
+PLAIN_XING: Mapping[str, float] = MappingProxyType(
+    {"Y_LacGlc_max": 1.23, "K_ov": 1e-9, "q_Lac_max": 0.0, **TEMPERATURE_SETS["none"]}
+)
+
 # The simulated plant's "true" culture differs from this model (issue 4 §2): ±20 % on the maximum growth
 # rate, the yields and the specific productivity, uniform (see plant_models.uncertainty). The width is
 # the order of the spread between published fits of the same structure (e.g. µmax 0.029 vs 0.039 1/h,

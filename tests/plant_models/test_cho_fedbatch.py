@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from plant_models import ModelError
-from plant_models.cho_fedbatch import PARAMETERS, TEMPERATURE_SETS, cho_fedbatch
+from plant_models.cho_fedbatch import PARAMETERS, PLAIN_XING, TEMPERATURE_SETS, cho_fedbatch
 from plant_models.spec import ModelSpec
 from twin.simulator import Simulator, SimulatorConfig
 
@@ -189,6 +189,15 @@ def test_temperature_shift_raises_specific_productivity_and_lowers_growth() -> N
     qp_hot, growth_hot = after_shift(runs[36.5])
     qp_cold, growth_cold = after_shift(runs[32.0])
     assert qp_cold > 1.4 * qp_hot and growth_cold < growth_hot
+
+
+def test_plain_xing_overrides_make_lactate_a_fixed_share_of_glucose() -> None:
+    spec = cho_fedbatch()
+    p = _p(spec, **PLAIN_XING)
+    for glc in (0.05, 0.5, 5.0, 50.0):
+        x = {"Xv": 5e9, "Glc": glc, "Gln": 2.0, "Lac": 20.0, "Amm": 3.0, "mAb": 0.0, "V": 1.0}
+        d = _f(spec, x, 0.0, 32.0, p)
+        assert -d["Lac"] / d["Glc"] == pytest.approx(1.23, rel=1e-6)
 
 
 def test_no_temperature_set_is_the_plain_structure() -> None:
