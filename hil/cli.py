@@ -7,8 +7,6 @@ It sits in the top layer because ``bioimp run`` starts a plant server process (h
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,45 +43,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     states = simulate_openloop(spec, profile, x0)
     write_states_csv(Path(args.out), spec, profile.t, states)
     print(f"wrote {args.out} ({len(profile.t)} rows)")
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    import zmq
-
-    from hil.client import ZmqPlant
-    from hil.launch import spawn_plant_server
-    from twin.runner import run_scenario
-    from twin.scenario import load_scenario
-
-    scenario = load_scenario(args.scenario)
-    out = Path(args.out) if args.out else Path("runs") / scenario.name
-    with contextlib.ExitStack() as stack:
-        endpoint = args.plant
-        if endpoint is None:
-            tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
-            server = spawn_plant_server(
-                scenario.model, x0=dict(scenario.plant.x0), params=dict(scenario.plant.params), extra_args=tolerances
-            )
-            endpoint = stack.enter_context(server).command
-        try:
-            plant = stack.enter_context(ZmqPlant(endpoint))
-        except zmq.ZMQError as exc:
-            raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
-        result = run_scenario(scenario, plant, out)
-    summary = result.summary
-    ctrl = summary["controller"]
-    assert isinstance(ctrl, dict)
-    print(f"scenario  {scenario.name} ({summary['steps']} steps, controller {ctrl['name']})")
-    print("final     " + json.dumps(summary["final_states"]))
-    print(f"objective {summary['objective']:.6g}")
-    ms = ctrl["step_ms"]
-    print(f"step ms   p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
-    print(
-        f"violation {summary['constraint_violation_max']:.3g}  deadline misses {summary['deadline_misses']}  "
-        f"fallbacks {ctrl['fallbacks']}  refused writes {summary['refused_writes']}"
-    )
-    print(f"wrote     {out}/summary.json, trajectory.csv, trajectory.png")
     return 0
 
 
@@ -139,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="?", help="scenario TOML (default: the built-in fed-batch)")
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--plant", metavar="ENDPOINT", help="connect to this plant server instead of starting one")
-    run.set_defaults(func=_cmd_run)
     add_batch_run_options(run)  # the durable batch record and --resume (hil/record_cli.py)
+    add_client_key_options(run)
 
     sim = sub.add_parser("simulate", help="open-loop simulation from an inputs CSV")
     sim.add_argument("--model", required=True, help="model name or package.module:function")

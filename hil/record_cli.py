@@ -25,33 +25,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``bioimp run``: a new batch (``--out DIR``) or the continuation of a killed one (``--resume DIR``)."""
     import zmq
 
+    from hil.cli import client_keys_from_args
     from hil.client import ZmqPlant
+    from hil.heartbeat import HeartbeatSender, heartbeat_period_s
     from hil.launch import spawn_plant_server
     from twin.batch import BatchSetup, operator_name, run_batch
     from twin.batch_record import RECORD_FILE, RecordError, has_run
     from twin.resume import resume_batch
     from twin.scenario import load_scenario
 
-    def connect(endpoint: str, identity: bytes) -> ZmqPlant:
-        try:
-            return ZmqPlant(endpoint, identity=identity)
-        except zmq.ZMQError as exc:
-            raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
-
+    keys = client_keys_from_args(args)
     operator = args.operator or operator_name()
-    if args.resume is not None:
-        if args.scenario is not None or args.out is not None:
-            raise ScenarioError("--resume DIR continues the recorded batch: give no scenario and no --out")
-        out = Path(args.resume)
-        result = resume_batch(out, connect, operator=operator, endpoint=args.plant)
-    else:
-        scenario = load_scenario(args.scenario)
-        out = Path(args.out) if args.out else Path("runs") / scenario.name
-        if has_run(out / RECORD_FILE):
-            raise RecordError(
-                f"{out} already holds a batch record; continue it with --resume {out} or choose another --out"
-            )
-        with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack:
+
+        def connect(endpoint: str, identity: bytes) -> ZmqPlant:
+            try:
+                plant = ZmqPlant(endpoint, identity=identity, keys=keys)
+            except zmq.ZMQError as exc:
+                raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
+            watchdog_s = plant.hello().watchdog_s
+            if watchdog_s is not None:  # keep the plant's watchdog fed while the solver works
+                stack.enter_context(HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys))
+            return plant
+
+        if args.resume is not None:
+            if args.scenario is not None or args.out is not None:
+                raise ScenarioError("--resume DIR continues the recorded batch: give no scenario and no --out")
+            out = Path(args.resume)
+            result = resume_batch(out, connect, operator=operator, endpoint=args.plant)
+        else:
+            scenario = load_scenario(args.scenario)
+            out = Path(args.out) if args.out else Path("runs") / scenario.name
+            if has_run(out / RECORD_FILE):
+                raise RecordError(
+                    f"{out} already holds a batch record; continue it with --resume {out} or choose another --out"
+                )
             endpoint = args.plant
             if endpoint is None:
                 tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))

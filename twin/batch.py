@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from plant_models.spec import ModelSpec
-from twin.batch_record import RECORD_FILE, BatchRecord, RecordConfig, RunMeta
+from twin.batch_record import RECORD_FILE, BatchRecord, Durability, RecordConfig, RunMeta
 from twin.checkpoint import snapshot
-from twin.clock import VirtualClock
+from twin.clock import loop_clock
 from twin.estimation import MeasuredStateEstimator
 from twin.interfaces import Controller, ControlStep, Estimate, Estimator, FloatArray, Measurements, Plant
 from twin.loop import LoopResult, run_loop
@@ -30,6 +30,7 @@ from twin.scenario import Scenario
 
 __all__ = [
     "BatchSetup",
+    "durability_for",
     "StepOffset",
     "finish_batch",
     "loop_result_from_history",
@@ -163,6 +164,11 @@ def finish_batch(record: BatchRecord, scenario: Scenario, out_dir: Path, control
     return RunResult(kpis, history, loop)
 
 
+def durability_for(clock: str) -> Durability:
+    """``full`` (fsync every commit) against a real-time plant, ``normal`` for a virtual (accelerated) one."""
+    return "full" if clock == "realtime" else "normal"
+
+
 def new_parts(scenario: Scenario) -> tuple[ModelSpec, FloatArray, MeasuredStateEstimator, Controller]:
     """The spec, the twin's parameters, a fresh estimator and controller of ``scenario``."""
     spec = scenario.spec()
@@ -180,9 +186,7 @@ def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup
     """
     spec, _, estimator, controller = new_parts(scenario)
     info = plant.hello()
-    config = RecordConfig(
-        durability="full" if info.clock == "realtime" else "normal", period_s=scenario.loop.period_s
-    )
+    config = RecordConfig(durability=durability_for(info.clock), period_s=scenario.loop.period_s)
     meta = RunMeta(
         operator=setup.operator,
         scenario_name=scenario.name,
@@ -208,7 +212,7 @@ def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup
             plant=plant,
             estimator=estimator,
             controller=controller,
-            clock=VirtualClock(plant.advance, scenario.loop.period_s),
+            clock=loop_clock(info.clock, plant.advance, scenario.loop.period_s),
             recorder=record,
             steps=scenario.loop.steps,
             period_s=scenario.loop.period_s,

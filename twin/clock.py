@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from twin.interfaces import Clock
+
 
 class VirtualClock:
     """Each period is an ``advance`` of the plant by ``period_s`` seconds; it never overruns."""
@@ -73,3 +75,12 @@ class RealtimeClock:
         self._sleep(max(0.0, start - self._monotonic()))
         self.jitter_s.append(self._monotonic() - start)
         return overrun
+
+
+def loop_clock(
+    plant_clock: Literal["virtual", "realtime"], advance: Callable[[float], float], period_s: float
+) -> Clock:
+    """The loop clock for a plant: advance a virtual-clock plant, follow the wall clock for a real-time one."""
+    if plant_clock == "realtime":
+        return RealtimeClock(period_s)
+    return VirtualClock(advance, period_s)

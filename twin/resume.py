@@ -29,7 +29,7 @@ from plant_models.errors import ProtocolError
 from twin.batch import HeldInput, StepOffset, finish_batch, inputs_vector, new_parts
 from twin.batch_record import RECORD_FILE, BatchRecord, RecordError
 from twin.checkpoint import restore, snapshot
-from twin.clock import VirtualClock
+from twin.clock import loop_clock
 from twin.interfaces import Controller, ControlStep, Estimator, FloatArray, Measurements, Plant
 from twin.loop import run_loop
 from twin.record import EventRow, MemoryRecord, SetpointRow
@@ -223,7 +223,7 @@ def _resume(
         if endpoint is not None and endpoint != run.plant_endpoint:
             record.audit(who=operator, what="plant_endpoint", why="resume", old=run.plant_endpoint, new=endpoint)
         record.set_checkpoint(lambda: snapshot(estimator, controller))
-        clock = VirtualClock(plant.advance, scenario.loop.period_s)
+        clock = loop_clock(info.clock, plant.advance, scenario.loop.period_s)
         k, seq = point.step, point.next_seq
         if k >= 0 and point.read_t_s is not None and meas.time_s < point.read_t_s:
             raise RecordError(
