@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,18 @@ def test_shipped_examples_parse() -> None:
     driver = opcua.drivers["plc"]
     assert driver.kind == "opcua" and driver.security_mode == "SignAndEncrypt"
     assert driver.certificate == (EXAMPLES / "certs" / "client_cert.der").resolve()
+
+
+def test_hardware_md_examples_parse() -> None:
+    """The GATEWAY.toml snippets of docs/hardware.md are valid, and its example refusal is verbatim."""
+    text = (REPO / "docs" / "hardware.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) == 2
+    modbus = parse_gateway_config(blocks[0])
+    assert [d.name for d in modbus.devices] == ["inp", "heater", "X_s"]
+    opcua = parse_gateway_config(blocks[1])
+    assert opcua.drivers["plc"].kind == "opcua"
+    bad = blocks[0].replace("safe = 0.0                          # heater off", "safe = 120.0")
+    with pytest.raises(ScenarioError) as info:
+        parse_gateway_config(bad)
+    assert f"bioimp gateway: error: {info.value}" in text
