@@ -30,8 +30,8 @@ from twin.scenario import Scenario
 
 __all__ = [
     "BatchSetup",
-    "durability_for",
     "StepOffset",
+    "durability_for",
     "finish_batch",
     "loop_result_from_history",
     "operator_name",
