@@ -28,9 +28,14 @@ from controllers.stagewise import StagewiseOcp
 HESSIAN_MARGIN = 1e-6
 
 
+# A QP "solution" that violates its own constraints by more than this is a failure (HPIPM stops at
+# iter_max without converging on an infeasible QP and returns its last iterate).
+FEASIBILITY_TOL = 1e-6
+
+
 @dataclass(frozen=True)
 class QpSolution:
-    """One solved QP: the primal step, the new multipliers of the dynamics, and whether it succeeded."""
+    """One solved QP: the primal step, the dynamics' multipliers, and whether it succeeded."""
 
     d: FloatArray
     lam_g: FloatArray
@@ -39,16 +44,22 @@ class QpSolution:
 
 
 class StagewiseQp:
-    """HPIPM on the fixed stage-wise sparsity of ``ocp``; call :meth:`solve` with numeric blocks."""
+    """HPIPM on the fixed stage-wise sparsity of ``ocp``; call :meth:`solve` with flat numeric data.
+
+    Data cross from Python as flat nonzero vectors (H: the stage blocks one after the other, which is
+    CasADi's column-major order for a block-diagonal matrix; A: one precomputed gather), and the
+    solution comes back as one flat vector: conversions between numpy and CasADi cost more than the
+    QP itself at this size.
+    """
 
     def __init__(self, ocp: StagewiseOcp, hpipm_options: dict[str, Any] | None = None) -> None:
         """Build the sparsity patterns, the nonzero orderings and the HPIPM solver (once)."""
         self.ocp = ocp
         n, nz, nu, nv, nw = ocp.n, ocp.nz, ocp.nu, ocp.nv, ocp.nw
         self.ng = n * nz
-        self._h_sp = ca.diagcat(*([ca.Sparsity.dense(nv, nv)] * n + [ca.Sparsity.dense(nz, nz)]))
-        # Constraint matrix: a template of indices into [J_all.ravel(), -1.0], traversed column-major
-        # (CasADi's nonzero order), so each solve builds A with one fancy-indexing gather.
+        h_sp = ca.diagcat(*([ca.Sparsity.dense(nv, nv)] * n + [ca.Sparsity.dense(nz, nz)]))
+        # Constraint matrix: a template of indices into [J.ravel(), -1.0] (J is (nz, N*nv), row-major
+        # ravel), traversed column-major (CasADi's nonzero order): A's nonzeros are one gather.
         n_j = nz * n * nv
         tmpl = -np.ones((self.ng, nw), dtype=np.int64)
         for k in range(n):
@@ -56,18 +67,17 @@ class StagewiseQp:
                 tmpl[k * nz + i, k * nv : (k + 1) * nv] = i * n * nv + k * nv + np.arange(nv)
                 tmpl[k * nz + i, (k + 1) * nv + i] = n_j
         cols, rows = np.nonzero(tmpl.T >= 0)
-        self._a_perm = tmpl.T[cols, rows]
-        self._a_sp = ca.Sparsity.triplet(self.ng, nw, rows.tolist(), cols.tolist())
+        a_sp = ca.Sparsity.triplet(self.ng, nw, rows.tolist(), cols.tolist())
         # Absolute residual tolerances: relative ones (HPIPM's "speed" mode) stall on these nearly
         # linear programs (state curvature only HESSIAN_MARGIN) and run to iter_max.
         tol = 1e-8
         options: dict[str, Any] = {"mode": "speed_abs", "iter_max": 100, "res_g_max": tol,
                                    "res_b_max": tol, "res_d_max": tol, "res_m_max": tol}
         options.update(hpipm_options or {})
-        self._solver = ca.conic(
-            "bioimp_qp",
+        self._conic = ca.conic(
+            "bioimp_hpipm",
             "hpipm",
-            {"h": self._h_sp, "a": self._a_sp},
+            {"h": h_sp, "a": a_sp},
             {
                 "N": n,
                 "nx": [nz] * (n + 1),
@@ -77,6 +87,36 @@ class StagewiseQp:
                 "hpipm": options,
             },
         )
+        self._h_sp, self._a_sp = h_sp, a_sp
+        self._a_perm = tmpl.T[cols, rows]
+        # After the solve, one SX function (HPIPM cannot be embedded in an MX graph in CasADi 3.8: it
+        # crashes) turns the raw solution into what the SQP needs, in one flat vector.
+        h = ca.SX.sym("h", h_sp)
+        a = ca.SX.sym("a", a_sp)
+        d = ca.SX.sym("d", nw)
+        lam_x = ca.SX.sym("lam_x", nw)
+        grad = ca.SX.sym("grad", nw)
+        b = ca.SX.sym("b", self.ng)
+        lbd = ca.SX.sym("lbd", nw)
+        ubd = ca.SX.sym("ubd", nw)
+        # Multipliers of the dynamics from QP stationarity (CasADi 3.8's HPIPM interface returns
+        # lam_a = 0, the SQP needs them for the exact Hessian). ``H d + grad + A' lam + lam_x = 0``
+        # read at the columns of z_{k+1}, where A has -I (row block k) and J_{k+1,z} (row block
+        # k+1), gives with r = H d + grad + lam_x a backward (adjoint) recursion:
+        #     lam_{N-1} = r(z_N),   lam_k = r(z_{k+1}) + J_{k+1,z}' lam_{k+1}.
+        r = ca.mtimes(h, d) + grad + lam_x
+        lams = [r[n * nv :]]
+        for k in range(n - 2, -1, -1):
+            j_z = a[(k + 1) * nz : (k + 2) * nz, (k + 1) * nv : (k + 1) * nv + nz]
+            lams.insert(0, r[(k + 1) * nv : (k + 1) * nv + nz] + ca.mtimes(j_z.T, lams[0]))
+        # Largest violation of the QP's own constraints, to tell a solution from a stalled iterate.
+        viol = ca.mmax(
+            ca.vertcat(ca.fabs(ca.mtimes(a, d) - b), ca.fmax(lbd - d, 0), ca.fmax(d - ubd, 0))
+        )
+        self._post = ca.Function(
+            "bioimp_qp_post", [h, a, d, lam_x, grad, b, lbd, ubd], [ca.vertcat(d, *lams, viol)]
+        )
+        self._nw = nw
 
     @staticmethod
     def convexify(blocks: FloatArray) -> FloatArray:
@@ -86,52 +126,29 @@ class StagewiseQp:
         clipped = np.maximum(eigval, HESSIAN_MARGIN)
         return np.asarray((eigvec * clipped[..., None, :]) @ np.swapaxes(eigvec, -1, -2), dtype=float)
 
-    def data(self, h_stages: FloatArray, h_terminal: FloatArray, j_all: FloatArray) -> tuple[ca.DM, ca.DM]:
-        """Sparse H and A from stage blocks ``(N, nv, nv)``, terminal ``(nz, nz)``, ``J (nz, N*nv)``."""
-        # Block diagonal with dense symmetric blocks: column-major nonzeros are the blocks, one after
-        # the other, each in column-major (= row-major, by symmetry) order.
-        h_nz = np.concatenate([h_stages.ravel(), h_terminal.ravel()])
-        a_nz = np.concatenate([j_all.ravel(), [-1.0]])[self._a_perm]
-        return ca.DM(self._h_sp, h_nz), ca.DM(self._a_sp, a_nz)
-
     def solve(
         self,
-        h: ca.DM,
+        h_nz: FloatArray,
+        j: FloatArray,
         grad: FloatArray,
-        a: ca.DM,
         b: FloatArray,
         lbd: FloatArray,
         ubd: FloatArray,
-        j_z: FloatArray,
     ) -> QpSolution:
-        """Solve the QP in the step ``d`` (see module docstring); ``b`` is the right-hand side.
+        """Solve the QP in the step ``d`` (see module docstring).
 
-        ``j_z`` (N, nz, nz) are the dynamics' Jacobians in ``z_k``, used to recover the multipliers.
+        Args:
+            h_nz: convexified Hessian blocks, stage blocks (N, nv, nv) then terminal (nz, nz), flat.
+            j: dynamics Jacobians ``J (nz, N*nv)``, row-major flat.
+            grad: cost gradient at the guess.
+            b: gap right-hand side ``z_{k+1} - phi_k``.
+            lbd, ubd: bounds on the step (``z_0`` pinned by ``lbd = ubd``).
         """
-        res = self._solver(h=h, g=grad, a=a, lba=b, uba=b, lbx=lbd, ubx=ubd)
-        stats = self._solver.stats()
-        d = np.asarray(res["x"], dtype=float).ravel()
-        ok = bool(stats.get("success", False)) and bool(np.all(np.isfinite(d)))
-        lam = self._gap_multipliers(h, grad, d, np.asarray(res["lam_x"], dtype=float).ravel(), j_z)
-        ok = ok and bool(np.all(np.isfinite(lam)))
-        return QpSolution(d, lam, ok, "ok" if ok else f"qp_{stats.get('return_status', 'failed')}")
-
-    def _gap_multipliers(
-        self, h: ca.DM, grad: FloatArray, d: FloatArray, lam_x: FloatArray, j_z: FloatArray
-    ) -> FloatArray:
-        """Multipliers of the dynamics from QP stationarity, by a backward (adjoint) recursion.
-
-        CasADi 3.8's HPIPM interface returns ``lam_a = 0``; the SQP needs them for the exact Hessian.
-        Stationarity ``H d + grad + A' lam + lam_x = 0`` read at the columns of ``z_{k+1}``, where A
-        has ``-I`` (row block k) and ``J_{k+1,z}`` (row block k+1), gives with ``r = H d + grad + lam_x``
-
-            lam_{N-1} = r_(z_N),    lam_k = r_(z_{k+1}) + J_{k+1,z}' lam_{k+1}.
-        """
-        ocp = self.ocp
-        n, nz, nv = ocp.n, ocp.nz, ocp.nv
-        r = np.asarray(ca.mtimes(h, d), dtype=float).ravel() + grad + lam_x
-        lam = np.empty((n, nz))
-        lam[n - 1] = r[n * nv :]
-        for k in range(n - 2, -1, -1):
-            lam[k] = r[(k + 1) * nv : (k + 1) * nv + nz] + j_z[k + 1].T @ lam[k + 1]
-        return lam.ravel()
+        h = ca.DM(self._h_sp, h_nz)
+        a = ca.DM(self._a_sp, np.concatenate([j, [-1.0]])[self._a_perm])
+        res = self._conic(h=h, g=grad, a=a, lba=b, uba=b, lbx=lbd, ubx=ubd)
+        out = np.asarray(self._post(h, a, res["x"], res["lam_x"], grad, b, lbd, ubd), dtype=float).ravel()
+        nw = self._nw
+        d, lam, viol = out[:nw], out[nw:-1], out[-1]
+        ok = bool(np.isfinite(viol) and viol <= FEASIBILITY_TOL and np.all(np.isfinite(out)))
+        return QpSolution(d, lam, ok, "ok" if ok else "qp_failed")

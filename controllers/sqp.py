@@ -22,12 +22,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import casadi as ca
 import numpy as np
 
 from controllers.codegen import Compiled, compile_function
 from controllers.config import MpcConfig
-from controllers.hpipm_qp import StagewiseQp
+from controllers.hpipm_qp import QpSolution, StagewiseQp
 from controllers.interfaces import ControlStep, FloatArray
 from controllers.stagewise import StagewiseOcp, build_stagewise
 from plant_models.spec import ModelSpec
@@ -39,13 +38,12 @@ class _Prepared:
 
     w: FloatArray
     p: FloatArray
-    h: ca.DM
-    a: ca.DM
+    h_nz: FloatArray
+    j: FloatArray
     grad: FloatArray
     b: FloatArray
     lbd: FloatArray
     ubd: FloatArray
-    j_z: FloatArray
 
 
 class SqpMpc:
@@ -64,12 +62,12 @@ class SqpMpc:
         self.spec = spec
         self.config = config
         self.ocp: StagewiseOcp = build_stagewise(spec, config)
-        stage_map = self.ocp.stage_map
+        prep_fn = self.ocp.prep_fn
         if config.compiled:
-            self.compiled: Compiled = compile_function(stage_map, config.cache_dir)
+            self.compiled: Compiled = compile_function(prep_fn, config.cache_dir)
         else:
-            self.compiled = Compiled(stage_map, False, None, False, "interpreted (compiled = false)")
-        self._stage_map = self.compiled.function
+            self.compiled = Compiled(prep_fn, False, None, False, "interpreted (compiled = false)")
+        self._prep_fn = self.compiled.function
         self._qp = StagewiseQp(self.ocp)
         self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs], dtype=float)
         self._w: FloatArray | None = None
@@ -82,28 +80,22 @@ class SqpMpc:
         """Linearise at guess ``w`` with multipliers ``lam`` and parameters ``p``: the QP minus ``z_0``."""
         ocp = self.ocp
         n, nz, nv = ocp.n, ocp.nz, ocp.nv
-        zs, us, z_n = ocp.stages(w)
-        h_all, j_all, phi, grad = self._stage_map(zs, us, lam.reshape(n, nz).T, p)
-        h_n, grad_n = ocp.terminal_fn(z_n, p)
-        blocks = np.asarray(h_all, dtype=float).reshape(nv, n, nv).transpose(1, 0, 2)
-        j_dense = np.asarray(j_all, dtype=float)
-        h, a = self._qp.data(
-            self._qp.convexify(blocks), self._qp.convexify(np.asarray(h_n, dtype=float)), j_dense
-        )
-        j_z = j_dense.reshape(nz, n, nv).transpose(1, 0, 2)[:, :, :nz]
-        grad_w = np.concatenate([np.asarray(grad, dtype=float).T.ravel(), np.asarray(grad_n, dtype=float).ravel()])
-        # Gap right-hand side: z_{k+1} - phi(z_k, u_k), zero when the guess satisfies the dynamics.
-        b = np.concatenate([zs[:, 1:].T.ravel(), z_n]) - np.asarray(phi, dtype=float).T.ravel()
-        return _Prepared(w, p.copy(), h, a, grad_w, b, ocp.lbw - w, ocp.ubw - w, j_z)
+        out = np.asarray(self._prep_fn(w, lam, p), dtype=float).ravel()
+        sizes = [n * nv * nv, nz * nz, nz * n * nv, ocp.nw]
+        h_st, h_n, j, grad, b = np.split(out, np.cumsum(sizes))
+        h_nz = np.concatenate([
+            self._qp.convexify(h_st.reshape(n, nv, nv)).ravel(),
+            self._qp.convexify(h_n.reshape(nz, nz)).ravel(),
+        ])
+        return _Prepared(w, p.copy(), h_nz, j, grad, b, ocp.lbw - w, ocp.ubw - w)
 
     # -- feedback: the part that needs the measurement -----------------------------------------
-    def _feedback(self, prep: _Prepared, z0: FloatArray) -> tuple[FloatArray, FloatArray, bool, str]:
-        """Pin ``z_0`` to the measurement and solve the prepared QP; return the new iterate."""
+    def _feedback(self, prep: _Prepared, z0: FloatArray) -> QpSolution:
+        """Pin ``z_0`` to the measurement and solve the prepared QP for the step from ``prep.w``."""
         nz = self.ocp.nz
         lbd, ubd = prep.lbd.copy(), prep.ubd.copy()
         lbd[:nz] = ubd[:nz] = z0 - prep.w[:nz]
-        sol = self._qp.solve(prep.h, prep.grad, prep.a, prep.b, lbd, ubd, prep.j_z)
-        return prep.w + sol.d, sol.lam_g, sol.ok, sol.status
+        return self._qp.solve(prep.h_nz, prep.j, prep.grad, prep.b, lbd, ubd)
 
     def _over_budget(self, start: float) -> bool:
         """Would one more iteration (as long as the last one) end after the budget?"""
@@ -137,17 +129,17 @@ class SqpMpc:
             if prep is None or prep.w is not w or not np.array_equal(prep.p, p):
                 prep = self.prepare(w, lam, p)
             self._prepared = None
-            w_new, lam_new, ok, qp_status = self._feedback(prep, z0)
+            sol = self._feedback(prep, z0)
             iterations += 1
             self._iter_s = time.perf_counter() - t_iter
+            ok = sol.ok
             if not ok:
-                status = qp_status
+                status = sol.status
                 break
             # Full steps: from the shifted previous solution the iterate is close enough for the
-            # local (quadratic-to-fast-linear) convergence of exact-Hessian SQP.
-            step_norm = float(np.max(np.abs(w_new - w)))
-            w, lam = w_new, lam_new
-            if cfg.mode == "rti" or step_norm <= cfg.tol:
+            # local convergence of exact-Hessian SQP (each step measured: about 10x smaller).
+            w, lam = w + sol.d, sol.lam_g
+            if cfg.mode == "rti" or float(np.max(np.abs(sol.d))) <= cfg.tol:
                 break
         else:
             status = "max_iter"
@@ -156,11 +148,8 @@ class SqpMpc:
             ok, fallback = True, "budget_iterate"  # the last QP step: bounds and linearised dynamics hold
 
         nx, nz, nv = ocp.nx, ocp.nz, ocp.nv
-        if ok:
-            plan = w
-            self._lam = np.concatenate([lam[nz:], lam[-nz:]])
-        else:
-            self._lam = np.zeros(self._qp.ng)
+        plan = w
+        if not ok:
             if had_plan and self._w is not None:
                 plan = self._w  # already the previous plan shifted by one interval
                 fallback = "shifted_plan"
@@ -168,16 +157,19 @@ class SqpMpc:
                 plan = ocp.rollout(x, self._u_prev, p)
                 plan[nz:nv] = [self.spec.input_safe[name] for name in self.spec.inputs]
                 fallback = "safe_hold"
-        # HPIPM meets bounds to its tolerance (~1e-10); the plant refuses any out-of-range setpoint.
+        # HPIPM meets bounds to its tolerance (~1e-8); the plant refuses any out-of-range setpoint.
         u = np.clip(plan[nz:nv], ocp.lbw[nz:nv], ocp.ubw[nz:nv])
         feedback_s = time.perf_counter() - start
+
+        # After the feedback: shift the primal-dual solution, and (RTI) prepare the next QP.
+        self._lam = np.concatenate([lam[nz:], lam[-nz:]]) if ok else np.zeros(self._qp.ng)
         self._u_prev = u
         self._w = ocp.shift(plan)
         n = ocp.n
         predicted_x = np.vstack([plan[k * nv : k * nv + nx] for k in range(n + 1)])
         planned_u = np.vstack([plan[k * nv + nz : (k + 1) * nv] for k in range(n)])
         if cfg.mode == "rti":
-            # Preparation for the next sample, at the shifted plan with this step's parameters.
+            # At the shifted plan with this step's parameters: ready before the next measurement.
             self._prepared = self.prepare(self._w, self._lam, p)
         return ControlStep(
             u=u,

@@ -72,6 +72,10 @@ class StagewiseOcp:
         stage_map: ``(Z (nz, N), U (nu, N), LAM (nz, N), p) -> (H (nv, N*nv), J (nz, N*nv),
             PHI (nz, N), GRAD (nv, N))`` (see module docstring).
         terminal_fn: ``(z_N, p) -> (H_N (nz, nz), grad_N (nz))`` of the terminal cost.
+        prep_fn: ``(w, lam, p) -> [H_k blocks; H_N; J; grad; b]`` as one flat vector: a whole SQP
+            linearisation in one call (``stage_map`` and ``terminal_fn`` on the stages of ``w``):
+            the Hessian blocks (N, nv, nv) then (nz, nz), ``J (nz, N*nv)`` row-major, the cost
+            gradient (nw) and ``b = z_{k+1} - phi(z_k, u_k)`` (N*nz), the gap right-hand side.
         merit_fn: ``(w, p) -> (J, c)``: the whole objective and the gap-constraint residuals
             ``c_k = phi(z_k, u_k) - z_{k+1}`` (line search and reporting).
         lbw, ubw: bounds on ``w``; the ``z_0`` block is replaced by the measurement at run time.
@@ -86,6 +90,7 @@ class StagewiseOcp:
     step_fn: ca.Function
     stage_map: ca.Function
     terminal_fn: ca.Function
+    prep_fn: ca.Function
     merit_fn: ca.Function
     lbw: FloatArray
     ubw: FloatArray
@@ -151,6 +156,24 @@ def build_stagewise(spec: ModelSpec, config: MpcConfig) -> StagewiseOcp:
     h_n, g_n = ca.hessian(mayer, zn)
     terminal = ca.Function("bioimp_terminal", [zn, p], [ca.densify(h_n), ca.densify(g_n)])
 
+    # One MX function around the mapped stage function: a single call from Python per linearisation
+    # (the map stays a loop, so C code generated from it stays small and compiles in about a second).
+    w_mx = ca.MX.sym("w", n * nv + nz)
+    lam_mx = ca.MX.sym("lam", n * nz)
+    p_mx = ca.MX.sym("p", spec.np)
+    body = ca.reshape(w_mx[: n * nv], nv, n)  # column k: [z_k; u_k]
+    z_n_mx = w_mx[n * nv :]
+    h_mx, j_mx, phi_mx, g_mx = stage_map(body[:nz, :], body[nz:, :], ca.reshape(lam_mx, nz, n), p_mx)
+    h_n_mx, g_n_mx = terminal(z_n_mx, p_mx)
+    b_mx = ca.vec(ca.horzcat(body[:nz, 1:], z_n_mx)) - ca.vec(phi_mx)
+    # vec() is column-major: vec(H) lists block k's columns in turn (each block symmetric), and
+    # vec(J') is J row by row.
+    prep_fn = ca.Function(
+        "bioimp_prep",
+        [w_mx, lam_mx, p_mx],
+        [ca.vertcat(ca.vec(h_mx), ca.vec(h_n_mx), ca.vec(j_mx.T), ca.vec(g_mx), g_n_mx, b_mx)],
+    )
+
     w = ca.SX.sym("w", n * nv + nz)
     cost = ca.SX(0)
     for k in range(n):
@@ -185,6 +208,7 @@ def build_stagewise(spec: ModelSpec, config: MpcConfig) -> StagewiseOcp:
         step_fn=step_fn,
         stage_map=stage_map,
         terminal_fn=terminal,
+        prep_fn=prep_fn,
         merit_fn=merit_fn,
         lbw=np.array(lbw),
         ubw=np.array(ubw),
