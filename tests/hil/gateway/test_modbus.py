@@ -244,3 +244,19 @@ def _wait(condition: object, timeout_s: float) -> float:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(0.02)
     return time.monotonic() - start
+
+
+def test_old_samples_are_stale_with_their_value(tmp_path: Path) -> None:
+    port = free_port()
+    path = example_config(tmp_path, "modbus", port=port)
+    text = path.read_text().replace("poll_period_s = 0.2", "poll_period_s = 1.0")
+    path.write_text(text.replace("max_age_s = 2.0", "max_age_s = 0.3"))
+    with (
+        bioimp(["emulate", "modbus", "--model", "fedbatch_haldane", "--config", str(path)]),
+        GatewayBackend(load_gateway_config(path)) as backend,
+    ):
+        fresh = backend.read(["X_s"])["X_s"]  # start() polls once at once
+        time.sleep(0.45)
+        old = backend.read(["X_s"])["X_s"]
+    assert fresh.quality == "good" and old.quality == "stale"
+    assert old.value == fresh.value and old.t_s == fresh.t_s and old.seq == fresh.seq
