@@ -157,6 +157,14 @@ class GatewayBackend:
     # PlantBackend
 
     @property
+    def time_scale(self) -> float:
+        """Plant seconds per wall second (1 for hardware; the emulator's factor for accelerated tests).
+
+        A real-time loop clock must use ``period_s / time_scale`` of wall time per period.
+        """
+        return self._scale
+
+    @property
     def time_s(self) -> float:
         """Plant time: wall seconds since start (× ``time_scale`` for emulated hardware)."""
         return (self._monotonic() - self._wall0) * self._scale
