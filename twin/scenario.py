@@ -119,6 +119,12 @@ class _Table:
             raise ScenarioError(f"{self.key(name)}: must be >= {minimum}, got {value}")
         return value
 
+    def boolean(self, name: str, default: Any = _REQUIRED) -> Any:
+        value = self._raw(name, default)
+        if value is not default and not isinstance(value, bool):
+            raise ScenarioError(f"{self.key(name)}: expected true or false, got {value!r}")
+        return value
+
     def number(self, name: str, default: Any = _REQUIRED, positive: bool = False) -> Any:
         value = self._raw(name, default)
         if value is default:
@@ -261,6 +267,11 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         substeps=ctrl_t.integer("substeps", defaults.substeps, minimum=1),
         max_iter=ctrl_t.integer("max_iter", defaults.max_iter, minimum=1),
         tol=ctrl_t.number("tol", defaults.tol, positive=True),
+        # Solver path and mode (controllers.config.SOLVERS / MODES; MpcConfig names the key on error).
+        solver=ctrl_t.string("solver", defaults.solver),
+        mode=ctrl_t.string("mode", defaults.mode),
+        compiled=ctrl_t.boolean("compiled", defaults.compiled),
+        budget_s=budget,
     )
     ctrl_t.finish()
     root.finish()

@@ -25,6 +25,17 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
     assert mpc.state_bounds["S_s"] == (-0.01, math.inf)
     assert mpc.input_bounds["inp"] == (0.0, 0.2)
     assert len(sc.sha256) == 64 and sc.source == BASE
+    # The default scenario runs the fastest mode that keeps final P_s within 0.2 % of do-mpc's.
+    assert (mpc.solver, mpc.mode, mpc.compiled, mpc.budget_s) == ("sqp-hpipm", "rti", True, 1.0)
+    assert sc.controller.budget_s == 1.0
+
+
+def test_solver_keys_default_to_converged_ipopt() -> None:
+    text = BASE
+    for line in ('solver = "sqp-hpipm"', 'mode = "rti"', "compiled = true"):
+        text = "\n".join(row for row in text.splitlines() if not row.startswith(line))
+    mpc = parse_scenario(text).controller.mpc
+    assert (mpc.solver, mpc.mode, mpc.compiled) == ("ipopt", "converged", False)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +70,12 @@ def test_shipped_scenario_is_the_builtin_one() -> None:
             r"^twin\.params / plant\.x0: the model's derivative is not finite",
         ),
         ("[controller]", "[controller", r"invalid TOML"),
+        ('solver = "sqp-hpipm"', 'solver = "fatrop"', r"^controller\.solver: unknown solver 'fatrop' \(known: ipopt, "),
+        ('solver = "sqp-hpipm"', "solver = 1", r"^controller\.solver: expected a string, got 1$"),
+        ('mode = "rti"', 'mode = "fast"', r"^controller\.mode: unknown mode 'fast' \(known: converged, rti\)$"),
+        ('solver = "sqp-hpipm"', 'solver = "ipopt"', r"^controller\.mode: 'rti' needs solver 'sqp-hpipm', got 'ipo"),
+        ("compiled = true", 'compiled = "yes"', r"^controller\.compiled: expected true or false, got 'yes'$"),
+        ("budget_s = 1.0", "budget_s = 0.0", r"^controller\.budget_s: must be a positive number, got 0\.0$"),
     ],
 )
 def test_invalid_scenarios_name_the_key(old: str, new: str, message: str) -> None:
