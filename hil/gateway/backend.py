@@ -129,6 +129,8 @@ class GatewayBackend:
 
     def start(self) -> None:
         """Connect every driver (a failure is logged and retried by the poller) and start polling."""
+        if self._poller is not None:
+            return  # already started
         for link in self._links.values():
             with link.lock:
                 self._try_connect(link)

@@ -66,3 +66,35 @@ def test_sign_and_encrypt_round_trip(tmp_path: Path) -> None:
             assert backend.read(["X_s"])["X_s"].quality == "bad"
             assert any("driver down" in e["reason"] for e in backend.take_events())
     assert load_gateway_config(path).drivers["plc"].kind == "opcua"
+
+
+def test_server_loss_is_bad_then_reconnects(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gw.toml"
+    emulate = ["emulate", "opcua", "--model", "fedbatch_haldane", "--port", str(port)]
+    backend: GatewayBackend | None = None
+    try:
+        with bioimp([*emulate, "--write-config", str(config)]) as emulator:
+            backend = GatewayBackend(load_gateway_config(config))
+            backend.start()
+            assert backend.read(["X_s"])["X_s"].quality == "good"
+            emulator.process.kill()
+            killed = time.monotonic()
+            while backend.read(["X_s"])["X_s"].quality != "bad":
+                assert time.monotonic() - killed < 5.0
+                time.sleep(0.02)
+            bad_after = time.monotonic() - killed
+        with bioimp(emulate):
+            restarted = time.monotonic()
+            while backend.read(["X_s"])["X_s"].quality != "good":
+                assert time.monotonic() - restarted < 10.0
+                time.sleep(0.02)
+            good_after = time.monotonic() - restarted
+            backend.apply({"inp": 0.05})
+            assert backend.read(["inp"])["inp"].value == pytest.approx(0.05)
+            reasons = [e["reason"] for e in backend.take_events()]
+    finally:
+        if backend is not None:
+            backend.close()
+    print(f"OPC UA: bad {bad_after:.2f} s after the server died, good {good_after:.2f} s after it came back")
+    assert any(r.startswith("driver down") for r in reasons) and "driver reconnected" in reasons
