@@ -118,7 +118,10 @@ class SqpMpc:
         had_plan = self._w is not None
         w = ocp.rollout(x, self._u_prev, p) if self._w is None else self._w
         lam = self._lam
-        max_iter = 1 if cfg.mode == "rti" else cfg.max_iter
+        # RTI takes one step per sample from a plan that is already nearly optimal; from a cold start
+        # (first step, or after a fallback dropped the plan) it first iterates to convergence.
+        rti = cfg.mode == "rti" and had_plan
+        max_iter = 1 if rti else cfg.max_iter
         status, fallback, iterations, ok = "ok", None, 0, False
         while iterations < max_iter:
             if self._over_budget(start):
@@ -139,7 +142,7 @@ class SqpMpc:
             # Full steps: from the shifted previous solution the iterate is close enough for the
             # local convergence of exact-Hessian SQP (each step measured: about 10x smaller).
             w, lam = w + sol.d, sol.lam_g
-            if cfg.mode == "rti" or float(np.max(np.abs(sol.d))) <= cfg.tol:
+            if rti or float(np.max(np.abs(sol.d))) <= cfg.tol:
                 break
         else:
             status = "max_iter"
@@ -164,11 +167,12 @@ class SqpMpc:
         # After the feedback: shift the primal-dual solution, and (RTI) prepare the next QP.
         self._lam = np.concatenate([lam[nz:], lam[-nz:]]) if ok else np.zeros(self._qp.ng)
         self._u_prev = u
-        self._w = ocp.shift(plan)
+        # Without a plan to shift (safe hold) the next step starts cold, and converges first.
+        self._w = None if fallback == "safe_hold" else ocp.shift(plan)
         n = ocp.n
         predicted_x = np.vstack([plan[k * nv : k * nv + nx] for k in range(n + 1)])
         planned_u = np.vstack([plan[k * nv + nz : (k + 1) * nv] for k in range(n)])
-        if cfg.mode == "rti":
+        if cfg.mode == "rti" and self._w is not None:
             # At the shifted plan with this step's parameters: ready before the next measurement.
             self._prepared = self.prepare(self._w, self._lam, p)
         return ControlStep(
