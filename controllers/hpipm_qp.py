@@ -20,7 +20,7 @@ import casadi as ca
 import numpy as np
 
 from controllers.interfaces import FloatArray
-from controllers.stagewise import StagewiseOcp
+from controllers.stagewise import StagewiseOcp, gap_jacobian_pattern
 
 # Smallest eigenvalue left in each Hessian block. The economic objective is linear in the states, so
 # the exact Lagrangian Hessian is indefinite or singular in places; HPIPM's Riccati recursion needs
@@ -58,16 +58,7 @@ class StagewiseQp:
         n, nz, nu, nv, nw = ocp.n, ocp.nz, ocp.nu, ocp.nv, ocp.nw
         self.ng = n * nz
         h_sp = ca.diagcat(*([ca.Sparsity.dense(nv, nv)] * n + [ca.Sparsity.dense(nz, nz)]))
-        # Constraint matrix: a template of indices into [J.ravel(), -1.0] (J is (nz, N*nv), row-major
-        # ravel), traversed column-major (CasADi's nonzero order): A's nonzeros are one gather.
-        n_j = nz * n * nv
-        tmpl = -np.ones((self.ng, nw), dtype=np.int64)
-        for k in range(n):
-            for i in range(nz):
-                tmpl[k * nz + i, k * nv : (k + 1) * nv] = i * n * nv + k * nv + np.arange(nv)
-                tmpl[k * nz + i, (k + 1) * nv + i] = n_j
-        cols, rows = np.nonzero(tmpl.T >= 0)
-        a_sp = ca.Sparsity.triplet(self.ng, nw, rows.tolist(), cols.tolist())
+        a_sp, _ = gap_jacobian_pattern(n, nz, nv)
         # Absolute residual tolerances: relative ones (HPIPM's "speed" mode) stall on these nearly
         # linear programs (state curvature only HESSIAN_MARGIN) and run to iter_max.
         tol = 1e-8
@@ -87,8 +78,7 @@ class StagewiseQp:
                 "hpipm": options,
             },
         )
-        self._h_sp, self._a_sp = h_sp, a_sp
-        self._a_perm = tmpl.T[cols, rows]
+        self._h_sp = h_sp
         # After the solve, one SX function (HPIPM cannot be embedded in an MX graph in CasADi 3.8: it
         # crashes) turns the raw solution into what the SQP needs, in one flat vector.
         h = ca.SX.sym("h", h_sp)
@@ -129,9 +119,9 @@ class StagewiseQp:
     def solve(
         self,
         h_nz: FloatArray,
-        j: FloatArray,
-        grad: FloatArray,
-        b: FloatArray,
+        a: ca.DM,
+        grad: ca.DM,
+        b: ca.DM,
         lbd: FloatArray,
         ubd: FloatArray,
     ) -> QpSolution:
@@ -139,13 +129,12 @@ class StagewiseQp:
 
         Args:
             h_nz: convexified Hessian blocks, stage blocks (N, nv, nv) then terminal (nz, nz), flat.
-            j: dynamics Jacobians ``J (nz, N*nv)``, row-major flat.
+            a: the gap Jacobian (``StagewiseOcp.prep_fn``'s sparse ``A``).
             grad: cost gradient at the guess.
             b: gap right-hand side ``z_{k+1} - phi_k``.
             lbd, ubd: bounds on the step (``z_0`` pinned by ``lbd = ubd``).
         """
         h = ca.DM(self._h_sp, h_nz)
-        a = ca.DM(self._a_sp, np.concatenate([j, [-1.0]])[self._a_perm])
         res = self._conic(h=h, g=grad, a=a, lba=b, uba=b, lbx=lbd, ubx=ubd)
         out = np.asarray(self._post(h, a, res["x"], res["lam_x"], grad, b, lbd, ubd), dtype=float).ravel()
         nw = self._nw

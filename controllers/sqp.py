@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import casadi as ca
 import numpy as np
 
 from controllers.codegen import Compiled, compile_function
@@ -39,9 +40,9 @@ class _Prepared:
     w: FloatArray
     p: FloatArray
     h_nz: FloatArray
-    j: FloatArray
-    grad: FloatArray
-    b: FloatArray
+    a: ca.DM
+    grad: ca.DM
+    b: ca.DM
     lbd: FloatArray
     ubd: FloatArray
 
@@ -80,14 +81,13 @@ class SqpMpc:
         """Linearise at guess ``w`` with multipliers ``lam`` and parameters ``p``: the QP minus ``z_0``."""
         ocp = self.ocp
         n, nz, nv = ocp.n, ocp.nz, ocp.nv
-        out = np.asarray(self._prep_fn(w, lam, p), dtype=float).ravel()
-        sizes = [n * nv * nv, nz * nz, nz * n * nv, ocp.nw]
-        h_st, h_n, j, grad, b = np.split(out, np.cumsum(sizes))
+        h_dm, a, grad, b = self._prep_fn(w, lam, p)
+        h_flat = np.asarray(h_dm, dtype=float).ravel()
         h_nz = np.concatenate([
-            self._qp.convexify(h_st.reshape(n, nv, nv)).ravel(),
-            self._qp.convexify(h_n.reshape(nz, nz)).ravel(),
+            self._qp.convexify(h_flat[: n * nv * nv].reshape(n, nv, nv)).ravel(),
+            self._qp.convexify(h_flat[n * nv * nv :].reshape(nz, nz)).ravel(),
         ])
-        return _Prepared(w, p.copy(), h_nz, j, grad, b, ocp.lbw - w, ocp.ubw - w)
+        return _Prepared(w, p.copy(), h_nz, a, grad, b, ocp.lbw - w, ocp.ubw - w)
 
     # -- feedback: the part that needs the measurement -----------------------------------------
     def _feedback(self, prep: _Prepared, z0: FloatArray) -> QpSolution:
@@ -95,7 +95,7 @@ class SqpMpc:
         nz = self.ocp.nz
         lbd, ubd = prep.lbd.copy(), prep.ubd.copy()
         lbd[:nz] = ubd[:nz] = z0 - prep.w[:nz]
-        return self._qp.solve(prep.h_nz, prep.j, prep.grad, prep.b, lbd, ubd)
+        return self._qp.solve(prep.h_nz, prep.a, prep.grad, prep.b, lbd, ubd)
 
     def _over_budget(self, start: float) -> bool:
         """Would one more iteration (as long as the last one) end after the budget?"""

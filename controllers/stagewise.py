@@ -58,6 +58,23 @@ def weighted_signals(spec: ModelSpec, weights: dict[str, float]) -> ca.Function:
     return ca.Function("weighted", [x, u, p], [expr])
 
 
+def gap_jacobian_pattern(n: int, nz: int, nv: int) -> tuple[ca.Sparsity, np.ndarray]:
+    """Sparsity of the gap constraints' Jacobian ``[J_k  -I]`` and where its nonzeros come from.
+
+    Returns ``(sparsity, source)``: nonzero i (CasADi's column-major order) is element ``source[i]``
+    of ``[vec(J'); -1]`` with ``J (nz, N*nv)`` the stage Jacobians side by side (so ``vec(J')`` is J
+    row by row, and the last element is the ``-1`` of every ``-I``).
+    """
+    n_j = nz * n * nv
+    tmpl = -np.ones((n * nz, n * nv + nz), dtype=np.int64)
+    for k in range(n):
+        for i in range(nz):
+            tmpl[k * nz + i, k * nv : (k + 1) * nv] = i * n * nv + k * nv + np.arange(nv)
+            tmpl[k * nz + i, (k + 1) * nv + i] = n_j
+    cols, rows = np.nonzero(tmpl.T >= 0)  # sorted by column, then row: column-major
+    return ca.Sparsity.triplet(n * nz, n * nv + nz, rows.tolist(), cols.tolist()), tmpl.T[cols, rows]
+
+
 @dataclass(frozen=True)
 class StagewiseOcp:
     """The frozen stage-wise problem: sizes, derivative functions, bounds.
@@ -72,10 +89,11 @@ class StagewiseOcp:
         stage_map: ``(Z (nz, N), U (nu, N), LAM (nz, N), p) -> (H (nv, N*nv), J (nz, N*nv),
             PHI (nz, N), GRAD (nv, N))`` (see module docstring).
         terminal_fn: ``(z_N, p) -> (H_N (nz, nz), grad_N (nz))`` of the terminal cost.
-        prep_fn: ``(w, lam, p) -> [H_k blocks; H_N; J; grad; b]`` as one flat vector: a whole SQP
-            linearisation in one call (``stage_map`` and ``terminal_fn`` on the stages of ``w``):
-            the Hessian blocks (N, nv, nv) then (nz, nz), ``J (nz, N*nv)`` row-major, the cost
-            gradient (nw) and ``b = z_{k+1} - phi(z_k, u_k)`` (N*nz), the gap right-hand side.
+        prep_fn: ``(w, lam, p) -> (h, A, grad, b)``: a whole SQP linearisation in one call
+            (``stage_map`` and ``terminal_fn`` on the stages of ``w``): ``h`` the Hessian blocks
+            (N, nv, nv) then (nz, nz) as one flat vector (to be convexified), ``A`` the sparse gap
+            Jacobian (:func:`gap_jacobian_pattern`), the cost gradient (nw) and
+            ``b = z_{k+1} - phi(z_k, u_k)`` (N*nz), the gap right-hand side.
         merit_fn: ``(w, p) -> (J, c)``: the whole objective and the gap-constraint residuals
             ``c_k = phi(z_k, u_k) - z_{k+1}`` (line search and reporting).
         lbw, ubw: bounds on ``w``; the ``z_0`` block is replaced by the measurement at run time.
@@ -166,12 +184,15 @@ def build_stagewise(spec: ModelSpec, config: MpcConfig) -> StagewiseOcp:
     h_mx, j_mx, phi_mx, g_mx = stage_map(body[:nz, :], body[nz:, :], ca.reshape(lam_mx, nz, n), p_mx)
     h_n_mx, g_n_mx = terminal(z_n_mx, p_mx)
     b_mx = ca.vec(ca.horzcat(body[:nz, 1:], z_n_mx)) - ca.vec(phi_mx)
-    # vec() is column-major: vec(H) lists block k's columns in turn (each block symmetric), and
-    # vec(J') is J row by row.
+    # vec() is column-major: vec(H) lists block k's columns in turn (each block symmetric). Only
+    # the Hessian goes back to numpy (to be convexified); A, grad and b stay CasADi matrices, since
+    # converting numpy arrays to CasADi costs more than the QP at this size.
+    a_sp, a_src = gap_jacobian_pattern(n, nz, nv)
+    a_mx = ca.MX(a_sp, ca.vertcat(ca.vec(j_mx.T), -1.0)[a_src.tolist()])
     prep_fn = ca.Function(
         "bioimp_prep",
         [w_mx, lam_mx, p_mx],
-        [ca.vertcat(ca.vec(h_mx), ca.vec(h_n_mx), ca.vec(j_mx.T), ca.vec(g_mx), g_n_mx, b_mx)],
+        [ca.vertcat(ca.vec(h_mx), ca.vec(h_n_mx)), a_mx, ca.vertcat(ca.vec(g_mx), g_n_mx), b_mx],
     )
 
     w = ca.SX.sym("w", n * nv + nz)
