@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 
 from hil.protocol import NOT_FINITE, PROTOCOL_VERSION, RequestId, encode_json
 from plant_models.errors import ProtocolError
-from twin.interfaces import DeviceInfo, Measurements, PlantInfo, PlantState, Reading, WriteResult
+from twin.interfaces import DeviceInfo, Measurements, PlantInfo, PlantState, Quality, Reading, WriteResult
 
 __all__ = [
     "BAD_REPLY",
@@ -125,6 +125,7 @@ def plant_info_from_wire(body: Mapping[str, Any]) -> PlantInfo:
         time_s=_number(body, "time"),
         state=cast(PlantState, state),
         watchdog_s=_optional_number(body, "watchdog_s"),
+        time_scale=_optional_number(body, "time_scale") or 1.0,
         devices=tuple(infos),
     )
 
@@ -138,7 +139,10 @@ def measurements_from_wire(body: Mapping[str, Any]) -> Measurements:
         seq = item.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise _bad(f"reading of {name!r} has no integer 'seq'")
-        values[name] = Reading(_optional_number(item, "value"), _number(item, "t"), seq)
+        quality = item.get("quality", "good")  # absent: a server older than the quality flag
+        if quality not in ("good", "stale", "bad"):
+            raise _bad(f"reading of {name!r} has an invalid 'quality'")
+        values[name] = Reading(_optional_number(item, "value"), _number(item, "t"), seq, cast(Quality, quality))
     return Measurements(_number(body, "time"), values)
 
 

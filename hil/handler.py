@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from hil.backend import PlantBackend
 from hil.protocol import (
+    ERROR_CODES,
     FAILSAFE,
     INTERNAL,
     NOT_FINITE,
@@ -62,7 +63,7 @@ from hil.protocol import (
     encode_reply,
     readings_to_wire,
 )
-from plant_models.errors import BioimpError
+from plant_models.errors import BioimpError, ProtocolError
 from twin.interfaces import DeviceInfo, PlantState
 
 __all__ = ["INSECURE_WARNING", "ClockKind", "ProtocolHandler", "Security", "Telemetry"]
@@ -163,6 +164,12 @@ class ProtocolHandler:
             return encode_reply(request_id, fields), telemetry
         except RequestError as exc:
             return encode_error(exc.request_id, exc.code, exc.message), []
+        except ProtocolError as exc:
+            # A backend refusal with its own code (a gateway's readback mismatch, a driver that is down,
+            # a rate limit): nothing was applied; the client gets the code, not a generic failure.
+            code = exc.code if exc.code in ERROR_CODES else INTERNAL
+            log.warning("backend refused: %s", exc)
+            return encode_error(request_id, code, exc.message), self.backend_events()
         except BioimpError as exc:
             # The backend failed (e.g. the integrator diverged): report it, keep serving.
             log.error("backend failed: %s", exc)
@@ -197,6 +204,7 @@ class ProtocolHandler:
             "time": self.backend.time_s,
             "state": self._state,
             "watchdog_s": self.watchdog_s,
+            "time_scale": float(getattr(self.backend, "time_scale", 1.0)),
             "last_failsafe_latency_s": self.last_failsafe_latency_s,
             "security": self.security,
             **({"warning": INSECURE_WARNING} if self.security == "insecure" else {}),
@@ -290,6 +298,14 @@ class ProtocolHandler:
         return TOPIC_MEAS, encode_json(
             {"v": PROTOCOL_VERSION, **readings_to_wire(self.backend.time_s, self.backend.read())}
         )
+
+    def backend_events(self) -> list[Telemetry]:
+        """``event`` telemetry for what the backend noticed since the last call (a gateway's readback
+        mismatch, a driver lost or back); backends without events (the simulated plant) give none."""
+        take = getattr(self.backend, "take_events", None)
+        if take is None:
+            return []
+        return [(TOPIC_EVENT, encode_json({"v": PROTOCOL_VERSION, "state": self._state, **e})) for e in take()]
 
     def _feed(self) -> None:
         self._fed_at = self._monotonic()

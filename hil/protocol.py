@@ -24,6 +24,7 @@ from twin.interfaces import DeviceInfo, Reading
 
 __all__ = [
     "BAD_REQUEST",
+    "DEVICE_UNAVAILABLE",
     "ERROR_CODES",
     "FAILSAFE",
     "INTERNAL",
@@ -31,6 +32,7 @@ __all__ = [
     "OPS",
     "OUT_OF_RANGE",
     "PROTOCOL_VERSION",
+    "READBACK_MISMATCH",
     "STALE",
     "TOPIC_EVENT",
     "TOPIC_MEAS",
@@ -71,8 +73,14 @@ UNSUPPORTED: Final = "unsupported"
 #: Not in the v1 issue's list: the backend itself failed (e.g. the plant integrator diverged). The server
 #: reports it instead of crashing; nothing was changed.
 INTERNAL: Final = "internal"
+#: A hardware gateway wrote an actuator but its readback did not confirm the value in time.
+READBACK_MISMATCH: Final = "readback_mismatch"
+#: A hardware gateway cannot reach the device's driver (connection down, reconnecting).
+DEVICE_UNAVAILABLE: Final = "device_unavailable"
 ERROR_CODES: Final = frozenset(
     {
+        READBACK_MISMATCH,
+        DEVICE_UNAVAILABLE,
         BAD_REQUEST,
         UNSUPPORTED_VERSION,
         UNKNOWN_OP,
@@ -354,5 +362,8 @@ def readings_to_wire(time_s: float, readings: Mapping[str, Reading]) -> dict[str
     """The body of a ``read`` reply and of a ``meas`` telemetry message; non-finite values are null."""
     return {
         "time": time_s,
-        "values": {name: {"value": _finite_or_none(r.value), "t": r.t_s, "seq": r.seq} for name, r in readings.items()},
+        "values": {
+            name: {"value": _finite_or_none(r.value), "t": r.t_s, "seq": r.seq, "quality": r.quality}
+            for name, r in readings.items()
+        },
     }

@@ -221,6 +221,7 @@ class PlantServer:
             # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
             # so that a feed that arrived during the wait counts.
             self._publish(self.handler.check_watchdog())
+            self._publish(self.handler.backend_events())
             if realtime:
                 sync()
                 now = time.monotonic()

@@ -212,7 +212,7 @@ def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup
             plant=plant,
             estimator=estimator,
             controller=controller,
-            clock=loop_clock(info.clock, plant.advance, scenario.loop.period_s),
+            clock=loop_clock(info, plant.advance, scenario.loop.period_s),
             recorder=record,
             steps=scenario.loop.steps,
             period_s=scenario.loop.period_s,

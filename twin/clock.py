@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from twin.interfaces import Clock
+from twin.interfaces import Clock, PlantInfo
 
 
 class VirtualClock:
@@ -77,10 +77,13 @@ class RealtimeClock:
         return overrun
 
 
-def loop_clock(
-    plant_clock: Literal["virtual", "realtime"], advance: Callable[[float], float], period_s: float
-) -> Clock:
-    """The loop clock for a plant: advance a virtual-clock plant, follow the wall clock for a real-time one."""
-    if plant_clock == "realtime":
-        return RealtimeClock(period_s)
+def loop_clock(info: PlantInfo, advance: Callable[[float], float], period_s: float) -> Clock:
+    """The loop clock for a plant: advance a virtual-clock plant, follow the wall clock for a real-time one.
+
+    A real-time plant that runs ``time_scale`` plant seconds per wall second (an emulator in accelerated
+    time) gets a period of ``period_s / time_scale`` wall seconds, so a period is still ``period_s`` of
+    plant time.
+    """
+    if info.clock == "realtime":
+        return RealtimeClock(period_s / info.time_scale)
     return VirtualClock(advance, period_s)

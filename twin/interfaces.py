@@ -29,6 +29,8 @@ __all__ = [
 ]
 DeviceKind = Literal["actuator", "sensor"]
 PlantState = Literal["armed", "failsafe"]
+#: How far a reading can be trusted: fresh, older than its max age, or from a failed sensor/driver.
+Quality = Literal["good", "stale", "bad"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class PlantInfo:
     state: PlantState
     watchdog_s: float | None
     devices: tuple[DeviceInfo, ...]
+    #: plant seconds per wall second of a real-time plant (1 for real hardware; more for an emulator)
+    time_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Reading:
     value: float | None
     t_s: float
     seq: int
-    quality: Literal["good", "stale", "bad"] = "good"
+    quality: Quality = "good"
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def _resume(
         if endpoint is not None and endpoint != run.plant_endpoint:
             record.audit(who=operator, what="plant_endpoint", why="resume", old=run.plant_endpoint, new=endpoint)
         record.set_checkpoint(lambda: snapshot(estimator, controller))
-        clock = loop_clock(info.clock, plant.advance, scenario.loop.period_s)
+        clock = loop_clock(info, plant.advance, scenario.loop.period_s)
         k, seq = point.step, point.next_seq
         if k >= 0 and point.read_t_s is not None and meas.time_s < point.read_t_s:
             raise RecordError(

@@ -105,7 +105,7 @@ def test_unbounded_limits_and_non_finite_readings_are_json_null() -> None:
     dev = DeviceInfo("V", "sensor", "L", -math.inf, math.inf)
     assert device_to_wire(dev) == {"name": "V", "kind": "sensor", "unit": "L", "min": None, "max": None, "safe": None}
     body = readings_to_wire(2.0, {"V": Reading(math.nan, 1.0, 4)})
-    assert body == {"time": 2.0, "values": {"V": {"value": None, "t": 1.0, "seq": 4}}}
+    assert body == {"time": 2.0, "values": {"V": {"value": None, "t": 1.0, "seq": 4, "quality": "good"}}}
     encode_json(body)  # valid JSON
 
 

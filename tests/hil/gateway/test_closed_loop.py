@@ -21,7 +21,7 @@ import pytest
 
 from hil.client import ZmqPlant
 from hil.launch import spawn_plant_server
-from twin.clock import RealtimeClock
+from twin.clock import loop_clock
 from twin.estimation import MeasuredStateEstimator
 from twin.loop import run_loop
 from twin.record import MemoryRecord
@@ -70,7 +70,8 @@ def test_nmpc_through_gateway_matches_simulated_plant(tmp_path: Path) -> None:
         bioimp(["gateway", str(path)]) as gateway,
         ZmqPlant(gateway.ready[0], timeout_s=5.0) as plant,
     ):
-        assert plant.hello().clock == "realtime"
+        info = plant.hello()
+        assert (info.clock, info.time_scale) == ("realtime", TIME_SCALE)
         deadline = time.monotonic() + 10
         while plant.read().values["X_s"].value is None:
             assert time.monotonic() < deadline
@@ -81,7 +82,7 @@ def test_nmpc_through_gateway_matches_simulated_plant(tmp_path: Path) -> None:
             plant=plant,
             estimator=MeasuredStateEstimator(spec, p),
             controller=build_controller(scenario, spec, p),
-            clock=RealtimeClock(period_s / TIME_SCALE),
+            clock=loop_clock(info, plant.advance, period_s),  # period_s / time_scale of wall time
             recorder=record,
             steps=STEPS,
             period_s=period_s,
