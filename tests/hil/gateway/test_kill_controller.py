@@ -2,8 +2,9 @@
 
 Three processes besides the test: the Modbus emulator (the PLC), the gateway, and ``bioimp run``. The
 test turns the heater on itself and feeds the watchdog while the controller starts, then goes quiet:
-only the running controller's heartbeat keeps the gateway armed. After SIGKILL of the controller, the PLC's pump and heater registers must hold their
-safe values within 2 × watchdog_s, and writes must be refused until an operator arms the gateway.
+only the running controller's heartbeat keeps the gateway armed. After SIGKILL of the controller, the
+PLC's pump and heater registers must hold their safe values within 2 × watchdog_s, and writes must be
+refused until an operator arms the gateway.
 """
 
 from __future__ import annotations
