@@ -1,4 +1,4 @@
-"""``bioimp run --plant <gateway>`` unchanged: the loop process → gateway process → Modbus emulator process.
+"""``bioimp run --plant <gateway>`` unchanged: loop process → gateway process → Modbus or OPC UA emulator.
 
 Real time at time scale 1 (the loop's real-time clock waits the scenario's period in wall seconds), so
 the batch is 3 periods of 1 s. Compared with the same scenario run by ``bioimp run`` against its own
@@ -33,12 +33,13 @@ def _run(args: list[str]) -> dict[str, object]:
     return summary
 
 
-def test_bioimp_run_through_gateway(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hardware", ["modbus", "opcua"])
+def test_bioimp_run_through_gateway(tmp_path: Path, hardware: str) -> None:
     scenario = tmp_path / "short.toml"
     text = DEFAULT_SCENARIO.read_text().replace("steps = 150", "steps = 3")
     scenario.write_text(text.replace("period_s = 3600.0 ", "period_s = 1.0 "))
     config = tmp_path / "gw.toml"
-    emulate = ["emulate", "modbus", "--model", "fedbatch_haldane", "--port", str(free_port())]
+    emulate = ["emulate", hardware, "--model", "fedbatch_haldane", "--port", str(free_port())]
     with (
         bioimp([*emulate, "--write-config", str(config)]),
         bioimp(["gateway", str(config)]) as gateway,
