@@ -34,6 +34,12 @@ BUDGETS: dict[str, Budget] = {
         10.0, "ms", "real-time loop: p99 lateness of a period start (60 periods of 50 ms, issue 3)"
     ),
     "realtime_missed_periods": Budget(0.0, "periods", "real-time loop: no overrun in 60 periods of 50 ms"),
+    "record_14day_size_mb": Budget(
+        50.0, "MB", "batch record of a 14-day batch at 1-min sampling, CHO-shaped rows (issue 6)"
+    ),
+    "record_write_share_of_loop": Budget(
+        0.10, "ratio", "time spent writing the batch record / the closed loop's time (Haldane NMPC, issue 6)"
+    ),
     "zmq_write_roundtrip_p99_ms": Budget(
         5.0, "ms", "write round trip to a plant server in another process over loopback TCP"
     ),

@@ -136,6 +136,11 @@ TABLES: dict[str, tuple[tuple[str, ColumnKind, bool], ...]] = {
 }
 
 _SQL_TYPE = {"int": "INTEGER", "real": "REAL", "text": "TEXT", "blob": "BLOB"}
+_INSERT = {
+    table: f"INSERT INTO {table} (rec, {', '.join(n for n, _, _ in cols)}, hash) "
+    f"VALUES ({', '.join('?' for _ in range(len(cols) + 2))})"
+    for table, cols in TABLES.items()
+}
 
 
 def _schema() -> list[str]:
@@ -149,11 +154,12 @@ def _schema() -> list[str]:
                 f"BEGIN SELECT RAISE(ABORT, 'batch record is append-only: {op} on {table} refused'); END"
             )
     ddl += [
-        "CREATE INDEX samples_step ON samples(step)",
-        "CREATE INDEX setpoints_seq ON setpoints(seq)",
+        # No secondary indexes: rows arrive in step order (rec order), and every index is one more page
+        # written per commit. Readers scan or filter.
         # Not part of the record: the estimator's and controller's state after the last two steps, so a
         # resumed run warm-starts exactly where the killed one was. Replaced as the run goes on.
-        "CREATE TABLE resume_state (step INTEGER PRIMARY KEY, state BLOB NOT NULL)",
+        # Two slots (step % 2), overwritten in turn.
+        "CREATE TABLE resume_state (slot INTEGER PRIMARY KEY, step INTEGER NOT NULL, state BLOB NOT NULL)",
         f"PRAGMA user_version = {SCHEMA_VERSION}",
     ]
     return ddl
@@ -183,6 +189,9 @@ def _normalise(kind: ColumnKind, value: Any) -> Any:
     return bytes(value)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical(table: str, rec: int, values: Sequence[Any]) -> bytes:
     """The canonical bytes of one row: compact JSON ``[table, rec, v1, v2, ...]`` in column order.
 
@@ -191,7 +200,7 @@ def canonical(table: str, rec: int, values: Sequence[Any]) -> bytes:
     items: list[Any] = [table, rec]
     for value in values:
         items.append(value.hex() if isinstance(value, bytes) else value)
-    return json.dumps(items, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+    return _ENCODER.encode(items).encode("ascii")
 
 
 def row_hash(prev: bytes, table: str, rec: int, values: Sequence[Any]) -> bytes:
@@ -275,6 +284,9 @@ class BatchRecord:
         self._last_read_t: float | None = None
         self._last_sample_seq: dict[str, int] = {}
         self._checkpoint: Callable[[], bytes] | None = None
+        # Rows computed but not yet acted on (estimate, controller step): committed with the next row.
+        self._staged: list[tuple[str, list[Any]]] = []
+        self._staged_state: tuple[int, bytes] | None = None
 
     # ----------------------------------------------------------------------------------------------
     # Opening
@@ -377,7 +389,10 @@ class BatchRecord:
         self._checkpoint = snapshot
 
     def close(self) -> None:
-        """Close the file (a WAL checkpoint happens if this is the last connection). Idempotent."""
+        """Commit any staged rows and close the file (a WAL checkpoint happens if this is the last
+        connection). Idempotent."""
+        if self._staged and self._conn is not None:
+            self._transaction(lambda: None)
         self._conn.close()
 
     # ----------------------------------------------------------------------------------------------
@@ -390,22 +405,42 @@ class BatchRecord:
         norm = [_normalise(kind, v) for (_, kind, _), v in zip(columns, values, strict=True)]
         rec = self._rec + 1
         digest = row_hash(self._hash, table, rec, norm)
-        names = ", ".join(n for n, _, _ in columns)
-        marks = ", ".join("?" for _ in range(len(columns) + 2))
-        self._conn.execute(f"INSERT INTO {table} (rec, {names}, hash) VALUES ({marks})", [rec, *norm, digest])
+        self._conn.execute(_INSERT[table], [rec, *norm, digest])
         self._rec, self._hash = rec, digest
         return rec
 
-    def _transaction(self, write: Callable[[], object]) -> None:
-        """Run ``write`` as one committed transaction; on failure the chain head is restored."""
+    def _append_many(self, table: str, rows: list[list[Any]]) -> None:
+        columns = TABLES[table]
+        params = []
         rec, digest = self._rec, self._hash
+        for values in rows:
+            norm = [_normalise(kind, v) for (_, kind, _), v in zip(columns, values, strict=True)]
+            rec += 1
+            digest = row_hash(digest, table, rec, norm)
+            params.append([rec, *norm, digest])
+        self._conn.executemany(_INSERT[table], params)
+        self._rec, self._hash = rec, digest
+
+    def _transaction(self, write: Callable[[], object]) -> None:
+        """Commit the staged rows and ``write``'s rows as one transaction; on failure nothing changes."""
+        rec, digest = self._rec, self._hash
+        staged, state = self._staged, self._staged_state
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            for table, values in staged:
+                self._append(table, values)
+            if state is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO resume_state (slot, step, state) VALUES (?, ?, ?)",
+                    (state[0] % 2, state[0], state[1]),
+                )
+            self._staged, self._staged_state = [], None
             write()
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             self._rec, self._hash = rec, digest
+            self._staged, self._staged_state = staged, state
             raise
 
     def measurements(self, step: int, meas: Measurements) -> None:
@@ -416,6 +451,7 @@ class BatchRecord:
         def write() -> None:
             if gap is not None:
                 self._append("events", [wall, meas.time_s, "gap", gap])
+            rows = []
             for device, reading in meas.values.items():
                 value = reading.value
                 if value is None:
@@ -426,10 +462,8 @@ class BatchRecord:
                     quality = "stale"  # the same sample as the previous read: no new measurement
                 else:
                     quality = "good"
-                self._append(
-                    "samples",
-                    [wall, step, meas.time_s, device, value, reading.t_s, reading.seq, quality],
-                )
+                rows.append([wall, step, meas.time_s, device, value, reading.t_s, reading.seq, quality])
+            self._append_many("samples", rows)
 
         self._transaction(write)
         self._last_read_t = meas.time_s
@@ -446,7 +480,12 @@ class BatchRecord:
         return None
 
     def estimate(self, step: int, est: Estimate) -> None:
-        """Commit an estimate: state, covariance diagonal (std²), parameters, rejected readings."""
+        """Record an estimate: state, covariance diagonal (std²), parameters, rejected readings.
+
+        Staged, not committed yet: it is committed with the next row (the controller's intended setpoint
+        or an event), before anything leaves the controller. A process killed in between loses only a
+        computation, which a resumed run repeats from the committed measurements.
+        """
         values = [
             time.time(),
             step,
@@ -456,23 +495,24 @@ class BatchRecord:
             encode_vector(est.p),
             ",".join(est.rejected),
         ]
-        self._transaction(lambda: self._append("estimates", values))
+        self._staged.append(("estimates", values))
 
     def control(self, step: int, t_s: float, result: ControlStep) -> None:
-        """Commit a controller step, with the resume checkpoint (same transaction)."""
+        """Record a controller step, with the resume checkpoint; staged like :meth:`estimate` and
+        committed with the ``intended`` setpoint that follows it, in one transaction."""
         values = [time.time(), step, t_s, encode_vector(result.u), result.status, result.compute_s, result.fallback]
-        state = self._checkpoint() if self._checkpoint is not None else None
-
-        def write() -> None:
-            self._append("controls", values)
-            if state is not None:
-                self._conn.execute("INSERT OR REPLACE INTO resume_state (step, state) VALUES (?, ?)", (step, state))
-                self._conn.execute("DELETE FROM resume_state WHERE step < ?", (step - 1,))
-
-        self._transaction(write)
+        self._staged.append(("controls", values))
+        if self._checkpoint is not None:
+            self._staged_state = (step, self._checkpoint())
 
     def setpoint(self, row: SetpointRow) -> None:
-        """Commit a setpoint message as intended, applied (with the plant's reply) or refused."""
+        """Commit a setpoint message as intended, applied (with the plant's reply) or refused.
+
+        ``intended`` and ``refused`` are committed at once. With ``normal`` durability (accelerated runs)
+        an ``applied`` ack is committed with the next row (the next read), one transaction per step
+        fewer: an ack lost with a killed process is recovered by resending its seq, which the plant
+        answers with the same reply (:mod:`twin.resume`). With ``full`` durability it is committed at once.
+        """
         if row.state == "intended":
             reply = None
         elif row.state == "applied":
@@ -480,7 +520,10 @@ class BatchRecord:
         else:
             reply = json.dumps({"error": row.error}, sort_keys=True)
         values = [time.time(), row.step, row.seq, row.t_s, row.state, json.dumps(dict(row.values)), reply]
-        self._transaction(lambda: self._append("setpoints", values))
+        if row.state == "applied" and self.config.durability == "normal":
+            self._staged.append(("setpoints", values))
+        else:
+            self._transaction(lambda: self._append("setpoints", values))
 
     def event(self, row: EventRow) -> None:
         """Commit an event or alarm."""

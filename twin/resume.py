@@ -40,6 +40,9 @@ from twin.scenario import Scenario, parse_scenario
 
 __all__ = ["PlantConnector", "ResumePoint", "resume_batch"]
 
+#: Events a resume writes about itself (not the loop's).
+RESUME_EVENTS = ("controller_outage", "setpoint_resent", "resume_cold_start")
+
 #: Connects to a plant: (command endpoint, ZeroMQ routing id) → Plant.
 PlantConnector = Callable[[str, bytes], Plant]
 
@@ -143,14 +146,36 @@ def _finish_step(
     else:
         _restore_after(record, k, estimator, controller)
         record.event(EventRow(t_k, "setpoint_resent", f"seq {intended.seq}: no ack was recorded; sent again"))
-    try:
-        reply = plant.write(intended.values, intended.seq, valid_until_s=t_k + period)
-    except ProtocolError as exc:
-        record.setpoint(SetpointRow(k, intended.seq, t_k, "refused", intended.values, exc.code))
-        record.event(EventRow(t_k, "setpoint_refused", str(exc)))
-    else:
-        record.setpoint(SetpointRow(k, intended.seq, reply.time_s, "applied", dict(reply.applied)))
+    _send(record, plant, intended, t_k + period)
     return seq
+
+
+def _send(record: BatchRecord, plant: Plant, intended: SetpointRow, valid_until_s: float) -> None:
+    """Write ``intended`` with its own seq and record the plant's answer (its earlier one for a resent seq)."""
+    try:
+        reply = plant.write(intended.values, intended.seq, valid_until_s=valid_until_s)
+    except ProtocolError as exc:
+        record.setpoint(SetpointRow(intended.step, intended.seq, intended.t_s, "refused", intended.values, exc.code))
+        record.event(EventRow(intended.t_s, "setpoint_refused", str(exc)))
+    else:
+        record.setpoint(SetpointRow(intended.step, intended.seq, reply.time_s, "applied", dict(reply.applied)))
+
+
+def _ack_lost(record: BatchRecord, seq: int) -> bool:
+    """Whether seq's write was answered but the ack was not committed before the process died.
+
+    The loop moves on only after the answer; an accelerated record commits the ``applied`` ack with the
+    next row. So an ``intended`` row followed by nothing of the loop lost its ack; one followed by a loop
+    event (e.g. ``plant_unreachable``: no answer came) did not. Events of earlier resumes do not count.
+    """
+    (rec,) = record.connection.execute(
+        "SELECT rec FROM setpoints WHERE seq = ? AND state = 'intended'", (seq,)
+    ).fetchone()
+    marks = ", ".join("?" for _ in RESUME_EVENTS)
+    later = record.connection.execute(
+        f"SELECT COUNT(*) FROM events WHERE rec > ? AND kind NOT IN ({marks})", (rec, *RESUME_EVENTS)
+    ).fetchone()[0]
+    return int(later) == 0
 
 
 def _last_applied(record: BatchRecord) -> dict[str, float] | None:
@@ -209,6 +234,8 @@ def _resume(
             raise RecordError(f"plant at {address} is {info.plant!r}, the batch ran on {ran_on!r}")
         meas = plant.read()
         point = find_point(history)
+        # Decided before this resume writes its own events (they would look like "the loop went on").
+        lost_ack = point.intended is not None and not point.acked and _ack_lost(record, point.intended.seq)
         last_wall = record.connection.execute("SELECT MAX(wall_s) FROM events").fetchone()[0]
         rows_wall = record.connection.execute("SELECT MAX(wall_s) FROM samples").fetchone()[0]
         since = max(w for w in (last_wall, rows_wall, 0.0) if w is not None)
@@ -247,7 +274,12 @@ def _resume(
                 _restore_after(record, k, estimator, controller)
             clock.wait_next_period()
         elif k >= 0:
+            # Step k's period is over (the plant was advanced). Its ack may be the one row lost.
             _restore_after(record, min(k, scenario.loop.steps - 1), estimator, controller)
+            lost = point.intended
+            if lost is not None and lost_ack:
+                record.event(EventRow(lost.t_s, "setpoint_resent", f"seq {lost.seq}: ack not recorded; sent again"))
+                _send(record, plant, lost, lost.t_s + scenario.loop.period_s)
         first = k + 1
         if first <= scenario.loop.steps:
             applied = _last_applied(record)

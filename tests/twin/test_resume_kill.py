@@ -24,12 +24,13 @@ import pytest
 from hil.launch import spawn_plant_server
 from hil.plant_log import read_plant_log
 from twin.record_verify import verify_record
+from twin.resume import RESUME_EVENTS
 from twin.scenario import DEFAULT_SCENARIO
 
 KILLS = int(os.environ.get("BIOIMP_KILL_POINTS", "20"))
-STEPS = 20
+STEPS = 30
 # Events that only an interrupted run has (they document the outage).
-OUTAGE_EVENTS = {"controller_outage", "setpoint_resent", "resume_cold_start"}
+OUTAGE_EVENTS = set(RESUME_EVENTS)
 
 
 def short_scenario(tmp_path: Path) -> Path:
@@ -162,9 +163,9 @@ def test_kill_9_at_random_points_then_resume_loses_nothing_and_actuates_nothing_
         while kills < KILLS:
             # The next kill point: a random row ahead, spaced so that KILLS points cover the batch.
             reached = last_rec(db)
-            span = max(2, 2 * (total_rows - 10 - reached) // (KILLS - kills + 2))
-            target = reached + rng.randint(1, span)
-            if target >= total_rows - 2:
+            span = max(2, (total_rows - 10 - reached) // (KILLS - kills + 2))
+            target = min(reached + rng.randint(1, span), total_rows - 3)
+            if target <= reached:
                 break
             args = ["run", "--resume", str(run_dir)] if db.exists() else [
                 "run", str(scenario), "--plant", plant.command, "--out", str(run_dir)
