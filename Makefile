@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Each run is a new batch with its own record (a batch record is never overwritten): a directory per run.
 run: setup
-	$(BIN)/bioimp run --out runs/fedbatch_haldane
+	$(BIN)/bioimp run --out runs/fedbatch_haldane-$$(date -u +%Y%m%dT%H%M%SZ)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ from twin.resume import RESUME_EVENTS
 from twin.scenario import DEFAULT_SCENARIO
 
 KILLS = int(os.environ.get("BIOIMP_KILL_POINTS", "20"))
-STEPS = 30
+STEPS = max(30, KILLS * 3 // 2)  # room for the kill points
 # Events that only an interrupted run has (they document the outage).
 OUTAGE_EVENTS = set(RESUME_EVENTS)
 
