@@ -135,8 +135,9 @@ class StagewiseQp:
             lbd, ubd: bounds on the step (``z_0`` pinned by ``lbd = ubd``).
         """
         h = ca.DM(self._h_sp, h_nz)
-        res = self._conic(h=h, g=grad, a=a, lba=b, uba=b, lbx=lbd, ubx=ubd)
-        out = np.asarray(self._post(h, a, res["x"], res["lam_x"], grad, b, lbd, ubd), dtype=float).ravel()
+        lbx, ubx = ca.DM(lbd), ca.DM(ubd)  # converted once, used twice
+        res = self._conic(h=h, g=grad, a=a, lba=b, uba=b, lbx=lbx, ubx=ubx)
+        out = np.asarray(self._post(h, a, res["x"], res["lam_x"], grad, b, lbx, ubx), dtype=float).ravel()
         nw = self._nw
         d, lam, viol = out[:nw], out[nw:-1], out[-1]
         ok = bool(np.isfinite(viol) and viol <= FEASIBILITY_TOL and np.all(np.isfinite(out)))

@@ -170,8 +170,9 @@ class SqpMpc:
         # Without a plan to shift (safe hold) the next step starts cold, and converges first.
         self._w = None if fallback == "safe_hold" else ocp.shift(plan)
         n = ocp.n
-        predicted_x = np.vstack([plan[k * nv : k * nv + nx] for k in range(n + 1)])
-        planned_u = np.vstack([plan[k * nv + nz : (k + 1) * nv] for k in range(n)])
+        stages = plan[: n * nv].reshape(n, nv)
+        predicted_x = np.vstack([stages[:, :nx], plan[n * nv : n * nv + nx]])
+        planned_u = stages[:, nz:].copy()
         if cfg.mode == "rti" and self._w is not None:
             # At the shifted plan with this step's parameters: ready before the next measurement.
             self._prepared = self.prepare(self._w, self._lam, p)
