@@ -23,6 +23,9 @@ from controllers.config import MpcConfig, Objective
 from plant_models.errors import ModelError, ScenarioError
 from plant_models.registry import resolve_model
 from plant_models.spec import Bounds, ModelSpec
+from twin.estimator_config import EstimatorConfig, parse_estimator
+from twin.plant_setup import PlantMismatch, parse_mismatch
+from twin.sensors import SensorConfig, parse_sensors
 
 DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
 _REQUIRED = object()
@@ -30,12 +33,18 @@ _REQUIRED = object()
 
 @dataclass(frozen=True)
 class PlantConfig:
-    """The simulated plant: its true initial state and parameters, integrator tolerances."""
+    """The simulated plant: its true initial state and parameters, integrator tolerances.
+
+    ``mismatch`` (seed, parameter uncertainty, process noise) and ``sensors`` (instruments) are None for
+    a plant that is the model seen through exact full-state sensors (twin.plant_setup, twin.sensors).
+    """
 
     x0: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     params: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     rtol: float = 1e-10
     atol: float = 1e-10
+    mismatch: PlantMismatch | None = None
+    sensors: SensorConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Scenario:
     controller: ControllerConfig
     source: str
     sha256: str
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
 
     def spec(self) -> ModelSpec:
         """Resolve the model (built-in name or ``package.module:function``)."""
@@ -229,6 +239,8 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         params=plant_t.numbers("params", spec.params),
         rtol=plant_t.number("rtol", 1e-10, positive=True),
         atol=plant_t.number("atol", 1e-10, positive=True),
+        mismatch=parse_mismatch(plant_t, spec, model_name),
+        sensors=parse_sensors(plant_t.table("sensors"), spec),
     )
     plant_t.finish()
     twin_t = root.table("twin")
@@ -274,6 +286,7 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         budget_s=budget,
     )
     ctrl_t.finish()
+    estimator = parse_estimator(root.table("estimator"), spec)
     root.finish()
     _check_initial_derivative(spec, plant, twin)
     return Scenario(
@@ -286,6 +299,7 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         controller=ControllerConfig(kind=kind, mpc=mpc, budget_s=budget),
         source=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
+        estimator=estimator,
     )
 
 

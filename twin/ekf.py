@@ -1,0 +1,245 @@
+"""Extended Kalman filter over a ModelSpec, for multi-rate, delayed measurements.
+
+Prediction integrates the model with RK4 (steps no longer than ``max_step``) and propagates the
+covariance with the step's Jacobian, ``P ← A P Aᵀ + Q h`` per step, where ``Q`` is the continuous
+process noise (relative to the current value: biological variability scales with the culture). Both the
+step and its Jacobian are one frozen CasADi function (:class:`twin.augmented.AugmentedModel`).
+
+Each measurement is a scalar update (the sensors' noises are independent), applied in turn, with the
+Joseph form ``P ← (I−KH) P (I−KH)ᵀ + K r Kᵀ`` (stays symmetric positive definite), then the estimate is
+clipped to the physical bounds. A measurement is **rejected** — not used, and named in
+``Estimate.rejected`` — when its value is missing or not finite, outside its device's physical range, or
+its normalised innovation ``|y − ŷ| / sqrt(H P Hᵀ + r)`` exceeds ``reject_sigma`` (5).
+
+**Out-of-sequence measurements.** An offline assay arrives hours after its sample was drawn, carrying its
+sample time. The filter keeps a short history of nodes ``(t, x̂, P, u held from t, measurements applied
+at t)``. A reading older than the newest node is inserted at its own sample time: the filter rolls back
+to the last node at or before it, predicts to the sample time, applies it there, and re-propagates
+through the later nodes, re-applying their measurements — the same estimate the filter would have made
+had the assay arrived in order (the re-applied measurements are not gated again). A reading older than
+the history is rejected. A reading is new only when its ``seq`` differs from the last one seen for that
+device; ``seq`` 0 means the device has not sampled yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plant_models.spec import ModelSpec
+from twin.augmented import AugmentedModel
+from twin.estimator_config import EstimatorConfig, MeasurementModel
+from twin.interfaces import Estimate, FloatArray, Measurements
+
+__all__ = ["ExtendedKalmanFilter"]
+
+_SAME_TIME_S = 1e-6
+
+
+@dataclass
+class _Node:
+    """The filter at time ``t_s`` after the measurements in ``meas`` (device index, value)."""
+
+    t_s: float
+    z: FloatArray
+    P: FloatArray
+    u: FloatArray
+    meas: list[tuple[int, float]] = field(default_factory=list)
+
+
+class ExtendedKalmanFilter:
+    """An EKF with parameter augmentation and re-filtering of late measurements (see the module doc).
+
+    Attributes:
+        model: the augmented, scaled model.
+        devices: the measurement models, by device.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        p: FloatArray,
+        config: EstimatorConfig,
+        devices: tuple[MeasurementModel, ...],
+    ) -> None:
+        """Build the filter (CasADi functions once).
+
+        Args:
+            spec: the model.
+            p: the twin's parameter vector (augmented entries are its initial guess).
+            config: tuning (``kind`` is not looked at).
+            devices: what each device measures and its noise.
+        """
+        config.validate(spec)
+        self.spec = spec
+        self.config = config
+        self.p = np.asarray(p, dtype=float)
+        self.devices = devices
+        x0 = np.array(spec.vector("states", {**spec.x0, **config.x0}))
+        signals = tuple(dict.fromkeys(d.measures for d in devices))
+        self.model = AugmentedModel(spec, self.p, x0, config.augment, signals)
+        m = self.model
+        self._signal_of = [signals.index(d.measures) for d in devices]
+        self._bounds = [spec.state_bounds.get(d.measures, (-math.inf, math.inf)) for d in devices]
+        self._z0 = np.concatenate([x0, self.p[m.aug_idx]]) / m.scale
+        rel0 = [config.initial_std.get(n, 0.1) for n in spec.states]
+        rel0 += [config.param_std.get(n, 0.2) for n in config.augment]
+        # A relative spread of a zero initial value (titer at inoculation) would be zero: floor it at 1 %
+        # of the scale, which is also the process noise's absolute floor below.
+        self._floor = 1e-2 * np.ones(m.nz)
+        self._floor[m.nx :] = 0.0
+        self._P0 = np.diag(np.maximum(np.abs(self._z0) * np.array(rel0), self._floor) ** 2)
+        q = [config.process_noise.get(n, 0.005) for n in spec.states]
+        q += [config.param_drift.get(n, 0.001) for n in config.augment]
+        self._q_rel = np.array(q)
+        self._q_floor = 1e-3 * self._floor
+        self._history: list[_Node] = []
+        self._last_seq: dict[str, int] = {}
+
+    # --- the Estimator protocol --------------------------------------------------------------------
+
+    def update(self, meas: Measurements, u_applied: FloatArray | None) -> Estimate:
+        """Predict to ``meas.time_s`` with ``u_applied`` held, then fuse the new readings."""
+        t = meas.time_s
+        u = self._input(u_applied)
+        if not self._history:
+            self._history.append(_Node(t, self._z0.copy(), self._P0.copy(), u))
+        else:
+            last = self._history[-1]
+            last.u = u
+            if t > last.t_s + _SAME_TIME_S:
+                z, P = self._predict(last.z, last.P, u, t - last.t_s)
+                self._history.append(_Node(t, z, P, u.copy()))
+        rejected: list[str] = []
+        late: list[tuple[float, int, float]] = []
+        now = self._history[-1]
+        for k, dev in enumerate(self.devices):
+            reading = meas.values.get(dev.device)
+            if reading is None or reading.seq == 0 or reading.seq == self._last_seq.get(dev.device):
+                continue  # not measured by this plant, not sampled yet, or not new
+            self._last_seq[dev.device] = reading.seq
+            value = reading.value
+            lo, hi = self._bounds[k]
+            if value is None or not math.isfinite(value) or not lo <= value <= hi:
+                rejected.append(dev.device)
+            elif reading.t_s < now.t_s - _SAME_TIME_S:
+                late.append((reading.t_s, k, value))
+            elif not self._apply(now, k, value):
+                rejected.append(dev.device)
+        for t_s, k, value in sorted(late):
+            if not self._insert(t_s, k, value):
+                rejected.append(self.devices[k].device)
+        self._trim(t)
+        return self._estimate(t, tuple(rejected))
+
+    # --- filtering ---------------------------------------------------------------------------------
+
+    def _input(self, u_applied: FloatArray | None) -> FloatArray:
+        if u_applied is not None:
+            return np.asarray(u_applied, dtype=float).copy()
+        if self._history:
+            return self._history[-1].u.copy()
+        return np.array([self.spec.input_safe[n] for n in self.spec.inputs])
+
+    def _predict(self, z: FloatArray, P: FloatArray, u: FloatArray, dt_s: float) -> tuple[FloatArray, FloatArray]:
+        """``z, P`` after ``dt_s`` seconds with ``u`` held."""
+        m = self.model
+        dt = dt_s / self.spec.seconds_per_time_unit
+        n = m.substeps(dt, self.config.max_step)
+        h = dt / n
+        for _ in range(n):
+            z_next, A = m.step(z, u, self.p, h)
+            A = np.asarray(A)
+            # Continuous process noise, relative to the current value (with a small absolute floor).
+            q = (self._q_rel * np.abs(z)) ** 2 + self._q_floor**2
+            P = A @ P @ A.T + np.diag(q * h)
+            z = m.project(np.asarray(z_next).ravel())
+        return z, 0.5 * (P + P.T)
+
+    def _apply(self, node: _Node, k: int, value: float, gate: bool = True) -> bool:
+        """Fuse device ``k``'s ``value`` into ``node``; False (and no change) if it fails the gate."""
+        m = self.model
+        y, H = m.measure(node.z, node.u, self.p)
+        i = self._signal_of[k]
+        y_hat = float(np.asarray(y)[i, 0])
+        h_row = np.asarray(H)[i, :]
+        dev = self.devices[k]
+        # Relative noise is taken at the prediction, not the reading, so a spike cannot widen its own σ.
+        r = dev.sigma**2 + (dev.rel_sigma * y_hat) ** 2 + 1e-12 * (1.0 + y_hat**2)
+        s = float(h_row @ node.P @ h_row) + r
+        innovation = value - y_hat
+        if gate and abs(innovation) > self.config.reject_sigma * math.sqrt(s):
+            return False
+        gain = node.P @ h_row / s
+        ikh = np.eye(m.nz) - np.outer(gain, h_row)
+        node.P = ikh @ node.P @ ikh.T + r * np.outer(gain, gain)
+        node.z = m.project(node.z + gain * innovation)
+        node.meas.append((k, value))
+        return True
+
+    def _insert(self, t_s: float, k: int, value: float) -> bool:
+        """Apply a late reading at its sample time ``t_s`` and re-filter up to now (see the module doc)."""
+        hist = self._history
+        j = max((i for i, node in enumerate(hist) if node.t_s <= t_s + _SAME_TIME_S), default=None)
+        if j is None:
+            return False  # older than the history: cannot be placed
+        if abs(hist[j].t_s - t_s) <= _SAME_TIME_S:
+            target = hist[j]
+            if not self._apply(target, k, value):
+                return False
+        else:
+            z, P = self._predict(hist[j].z, hist[j].P, hist[j].u, t_s - hist[j].t_s)
+            target = _Node(t_s, z, P, hist[j].u.copy())
+            if not self._apply(target, k, value):
+                return False
+            hist.insert(j + 1, target)
+            j += 1
+        for i in range(j + 1, len(hist)):
+            prev, node = hist[i - 1], hist[i]
+            node.z, node.P = self._predict(prev.z, prev.P, prev.u, node.t_s - prev.t_s)
+            stored, node.meas = node.meas, []
+            for kk, v in stored:
+                self._apply(node, kk, v, gate=False)
+        return True
+
+    def _trim(self, t: float) -> None:
+        """Forget nodes older than ``history_s`` (keeping one at or before the cut, to roll back to)."""
+        cut = t - self.config.history_s
+        while len(self._history) > 1 and self._history[1].t_s <= cut:
+            self._history.pop(0)
+
+    def _estimate(self, t: float, rejected: tuple[str, ...]) -> Estimate:
+        node = self._history[-1]
+        m = self.model
+        x = node.z[: m.nx] * m.scale[: m.nx]
+        std = np.sqrt(np.maximum(np.diag(node.P), 0.0)) * m.scale
+        return Estimate(t, x, m.params(node.z, self.p), std[: m.nx], rejected)
+
+    # --- for the MHE and tests ---------------------------------------------------------------------
+
+    def node_at_or_before(self, t_s: float) -> tuple[float, FloatArray, FloatArray] | None:
+        """``(t, z, P)`` of the newest history node at or before ``t_s`` (scaled coordinates)."""
+        nodes = [n for n in self._history if n.t_s <= t_s + _SAME_TIME_S]
+        if not nodes:
+            return None
+        n = nodes[-1]
+        return n.t_s, n.z.copy(), n.P.copy()
+
+    def accepted(self) -> list[tuple[float, int, float]]:
+        """Every accepted measurement in the history as ``(t_s, device index, value)``, by time."""
+        return [(n.t_s, k, v) for n in self._history for k, v in n.meas]
+
+    def inputs(self) -> list[tuple[float, FloatArray]]:
+        """``(t_s, u held from t_s)`` of every history node."""
+        return [(n.t_s, n.u.copy()) for n in self._history]
+
+    @property
+    def parameter_std(self) -> Mapping[str, float]:
+        """Standard deviation of each augmented parameter now (physical units)."""
+        node = self._history[-1]
+        m = self.model
+        std = np.sqrt(np.maximum(np.diag(node.P), 0.0)) * m.scale
+        return {n: float(std[m.nx + i]) for i, n in enumerate(self.config.augment)}
