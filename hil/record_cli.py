@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twin.batch import BatchSetup, operator_name, run_batch
     from twin.batch_record import RECORD_FILE, RecordError, has_run
     from twin.resume import resume_batch
-    from twin.scenario import load_scenario
+    from twin.scenario import DEFAULT_SCENARIO, load_scenario
 
     keys = client_keys_from_args(args)
     operator = args.operator or operator_name()
@@ -63,11 +63,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             endpoint = args.plant
             if endpoint is None:
                 tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
+                # The server reads the scenario's [plant] too: seed, mismatch, sensors (twin.plant_setup).
+                plant_of = ("--scenario", str(Path(args.scenario) if args.scenario else DEFAULT_SCENARIO))
                 server = spawn_plant_server(
                     scenario.model,
                     x0=dict(scenario.plant.x0),
                     params=dict(scenario.plant.params),
-                    extra_args=tolerances,
+                    extra_args=(*tolerances, *plant_of),
                 )
                 endpoint = stack.enter_context(server).command
             identity = b"bioimp-" + secrets.token_hex(8).encode()

@@ -33,7 +33,8 @@ from hil.protocol import BAD_REQUEST, encode_error, split_envelope
 from hil.security import ServerKeys, is_local_endpoint, start_authenticator
 from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import resolve_model
-from twin.simulated_plant import SimulatedPlant
+from twin.plant_setup import PlantMismatch, build_plant
+from twin.sensors import SensorConfig
 from twin.simulator import SimulatorConfig
 
 __all__ = [
@@ -119,6 +120,8 @@ class ServeConfig:
         rtol, atol: the plant integrator's tolerances (CVODES).
         log: append every setpoint application and new sample to this JSON-lines file
             (:mod:`hil.plant_log`); None keeps no log.
+        mismatch: seed, parameter uncertainty and process noise of the plant (None: the model itself).
+        sensors: the plant's instruments (None: every model output, exact).
     """
 
     model: str
@@ -128,6 +131,8 @@ class ServeConfig:
     rtol: float = 1e-10
     atol: float = 1e-10
     log: Path | None = None
+    mismatch: PlantMismatch | None = None
+    sensors: SensorConfig | None = None
 
     def __post_init__(self) -> None:
         for kind, values in (("x0", self.x0), ("param", self.params)):
@@ -327,8 +332,13 @@ def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
     except Exception as exc:  # a user factory may raise anything; the CLI must not show a traceback
         return _fail(_PROG, f"cannot load model {config.model!r}: {exc}", 2)
     try:
-        backend = SimulatedPlant(
-            spec, params=config.params, x0=config.x0, sim_config=SimulatorConfig(config.rtol, config.atol)
+        backend = build_plant(
+            spec,
+            params=config.params,
+            x0=config.x0,
+            sim_config=SimulatorConfig(config.rtol, config.atol),
+            mismatch=config.mismatch,
+            sensors=config.sensors,
         )
     except BioimpError as exc:
         return _fail(_PROG, str(exc), 2)
@@ -420,17 +430,49 @@ def run_plant_serve(args: argparse.Namespace) -> int:
     """The ``plant serve`` subcommand: ``args`` from :func:`add_plant_serve_parser`; returns the exit code."""
     try:
         config = ServeConfig(
-            model=args.model,
+            **_plant_of_args(args),
             server=server_options_from_args(args),
-            x0=parse_assignments(args.x0, "--x0"),
-            params=parse_assignments(args.param, "--param"),
-            rtol=_parse_float(args.rtol, "--rtol"),
-            atol=_parse_float(args.atol, "--atol"),
             log=None if args.log is None else Path(args.log),
         )
-    except ScenarioError as exc:
+    except BioimpError as exc:
         return _fail(_PROG, str(exc), 2)
     return serve_plant(config)
+
+
+def _plant_of_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The plant part of a :class:`ServeConfig`: ``--scenario``'s ``[plant]`` with the flags on top.
+
+    Raises:
+        ScenarioError: no model, a model other than the scenario's, a bad number or scenario.
+    """
+    from dataclasses import replace
+
+    from twin.plant_setup import parse_seed_only
+
+    plant: dict[str, Any] = {"model": args.model, "x0": {}, "params": {}, "rtol": 1e-10, "atol": 1e-10}
+    if args.scenario is not None:
+        from twin.scenario import load_scenario
+
+        scenario = load_scenario(args.scenario)
+        if args.model is not None and args.model != scenario.model:
+            raise ScenarioError(f"--model {args.model!r} differs from the scenario's model {scenario.model!r}")
+        sp = scenario.plant
+        plant = {"model": scenario.model, "x0": dict(sp.x0), "params": dict(sp.params), "rtol": sp.rtol}
+        plant |= {"atol": sp.atol, "mismatch": sp.mismatch, "sensors": sp.sensors}
+    if plant["model"] is None:
+        raise ScenarioError("give --model or --scenario")
+    plant["x0"] |= parse_assignments(args.x0, "--x0")
+    plant["params"] |= parse_assignments(args.param, "--param")
+    for option in ("rtol", "atol"):
+        if getattr(args, option) is not None:
+            plant[option] = _parse_float(getattr(args, option), f"--{option}")
+    if args.seed is not None:
+        if not args.seed.isdigit():
+            raise ScenarioError(f"--seed expects a non-negative integer, got {args.seed!r}")
+        seed = int(args.seed)
+        current = plant.get("mismatch")
+        plant["mismatch"] = parse_seed_only(plant["model"], seed) if current is None else replace(current, seed=seed)
+    return plant
 
 
 def add_plant_serve_parser(
@@ -452,14 +494,20 @@ def add_plant_serve_parser(
             "'ready <command> <telemetry>' when bound; stops on SIGINT/SIGTERM."
         ),
     )
-    parser.add_argument("--model", required=True, help="built-in model name or package.module:function")
+    parser.add_argument("--model", help="built-in model name or package.module:function")
+    parser.add_argument(
+        "--scenario", metavar="FILE", help="serve the plant of this scenario: [plant] with its seed, mismatch, sensors"
+    )
+    parser.add_argument(
+        "--seed", metavar="N", help="seed of the plant's parameter draw and noise (alone: the documented uncertainty)"
+    )
     add_server_options(parser, clock=True)
     parser.add_argument("--x0", action="append", default=[], metavar="NAME=VALUE", help="initial state (repeatable)")
     parser.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="true parameter (repeatable)"
     )
-    parser.add_argument("--rtol", default="1e-10", help="plant integrator relative tolerance")
-    parser.add_argument("--atol", default="1e-10", help="plant integrator absolute tolerance")
+    parser.add_argument("--rtol", help="plant integrator relative tolerance (default 1e-10)")
+    parser.add_argument("--atol", help="plant integrator absolute tolerance (default 1e-10)")
     parser.add_argument("--log", metavar="FILE", help="append each applied write and new sample as JSON lines")
     parser.set_defaults(func=run_plant_serve)
     return parser

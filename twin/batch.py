@@ -20,7 +20,7 @@ from plant_models.spec import ModelSpec
 from twin.batch_record import RECORD_FILE, BatchRecord, Durability, RecordConfig, RunMeta
 from twin.checkpoint import snapshot
 from twin.clock import loop_clock
-from twin.estimation import MeasuredStateEstimator
+from twin.estimator_config import build_estimator
 from twin.interfaces import Controller, ControlStep, Estimate, Estimator, FloatArray, Measurements, Plant
 from twin.loop import LoopResult, run_loop
 from twin.record import EventRow, MemoryRecord, Recorder, SetpointRow
@@ -169,11 +169,12 @@ def durability_for(clock: str) -> Durability:
     return "full" if clock == "realtime" else "normal"
 
 
-def new_parts(scenario: Scenario) -> tuple[ModelSpec, FloatArray, MeasuredStateEstimator, Controller]:
-    """The spec, the twin's parameters, a fresh estimator and controller of ``scenario``."""
+def new_parts(scenario: Scenario) -> tuple[ModelSpec, FloatArray, Estimator, Controller]:
+    """The spec, the twin's parameters, a fresh estimator (the scenario's ``[estimator]``) and controller."""
     spec = scenario.spec()
     p = twin_params(spec, scenario)
-    return spec, p, MeasuredStateEstimator(spec, p), build_controller(scenario, spec, p)
+    estimator = build_estimator(spec, p, scenario.estimator, scenario.plant.sensors)
+    return spec, p, estimator, build_controller(scenario, spec, p)
 
 
 def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup) -> RunResult:

@@ -35,7 +35,7 @@ from twin.simulator import SimulatorConfig
 if TYPE_CHECKING:
     from twin.scenario import _Table
 
-__all__ = ["DOCUMENTED_UNCERTAINTY", "PlantMismatch", "build_plant", "parse_mismatch", "true_params"]
+__all__ = ["DOCUMENTED_UNCERTAINTY", "PlantMismatch", "build_plant", "parse_mismatch", "parse_seed_only", "true_params"]
 
 #: Built-in model name -> the uncertainty its documentation gives (docs/models.md).
 DOCUMENTED_UNCERTAINTY: Mapping[str, ParameterUncertainty] = MappingProxyType(
@@ -91,6 +91,18 @@ def build_plant(
         process_noise=None if mismatch is None else mismatch.process_noise,
         seed=0 if mismatch is None else mismatch.seed,
     )
+
+
+def parse_seed_only(model: str, seed: int) -> PlantMismatch:
+    """The mismatch of ``bioimp plant serve --model M --seed N``: the model's documented uncertainty.
+
+    Raises:
+        ScenarioError: the model has no documented uncertainty.
+    """
+    if model not in DOCUMENTED_UNCERTAINTY:
+        known = ", ".join(DOCUMENTED_UNCERTAINTY)
+        raise ScenarioError(f"--seed: model {model!r} has no documented uncertainty (known for: {known})")
+    return PlantMismatch(seed=seed, uncertainty=DOCUMENTED_UNCERTAINTY[model])
 
 
 def parse_mismatch(table: _Table, spec: ModelSpec, model: str) -> PlantMismatch | None:

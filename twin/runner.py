@@ -12,7 +12,7 @@ from controllers.config import MpcConfig
 from controllers.interfaces import Controller, FloatArray
 from plant_models.spec import ModelSpec
 from twin.clock import VirtualClock
-from twin.estimation import MeasuredStateEstimator
+from twin.estimator_config import build_estimator
 from twin.interfaces import Plant
 from twin.kpis import summary, trajectory
 from twin.loop import LoopResult, run_loop
@@ -73,7 +73,7 @@ def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) 
     loop = run_loop(
         spec=spec,
         plant=plant,
-        estimator=MeasuredStateEstimator(spec, p),
+        estimator=build_estimator(spec, p, scenario.estimator, scenario.plant.sensors),
         controller=controller,
         clock=VirtualClock(plant.advance, scenario.loop.period_s),
         recorder=record,
