@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from twin.batch_record import decode_vector, has_run
+from twin.batch_record import decode_vector
 from twin.interfaces import ControlStep, Estimate, Measurements, Reading
 from twin.record import EventRow, MemoryRecord, SetpointRow, SetpointState
 
@@ -125,8 +125,3 @@ def load_history(conn: sqlite3.Connection) -> MemoryRecord:
     for t_s, kind, message in conn.execute("SELECT t_s, kind, message FROM events ORDER BY rec"):
         out.events.append(EventRow(t_s, kind, message))
     return out
-
-
-def record_exists(path: Path) -> bool:
-    """Whether ``path`` holds a committed batch record."""
-    return has_run(path)
