@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="?", help="scenario TOML (default: the built-in fed-batch)")
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--plant", metavar="ENDPOINT", help="connect to this plant server instead of starting one")
+    run.add_argument(
+        "--telemetry", metavar="ENDPOINT", help="the plant's telemetry endpoint: its events go into the record"
+    )
     add_batch_run_options(run)  # the durable batch record and --resume (hil/record_cli.py)
     add_client_key_options(run)
 

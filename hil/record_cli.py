@@ -12,9 +12,14 @@ import argparse
 import contextlib
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plant_models.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from twin.record import EventRow
 
 __all__ = ["add_batch_run_options", "add_record_parsers", "cmd_run"]
 
@@ -29,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hil.client import ZmqPlant
     from hil.heartbeat import HeartbeatSender, heartbeat_period_s
     from hil.launch import spawn_plant_server
+    from hil.plant_events import PlantEventListener
     from twin.batch import BatchSetup, operator_name, run_batch
     from twin.batch_record import RECORD_FILE, RecordError, has_run
     from twin.resume import resume_batch
@@ -48,11 +54,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 stack.enter_context(HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys))
             return plant
 
+        def listen(telemetry: str | None) -> Callable[[], list[EventRow]] | None:
+            if telemetry is None:
+                return None
+            return stack.enter_context(PlantEventListener(telemetry, keys=keys)).drain
+
         if args.resume is not None:
             if args.scenario is not None or args.out is not None:
                 raise ScenarioError("--resume DIR continues the recorded batch: give no scenario and no --out")
             out = Path(args.resume)
-            result = resume_batch(out, connect, operator=operator, endpoint=args.plant)
+            events = listen(args.telemetry)
+            result = resume_batch(out, connect, operator=operator, endpoint=args.plant, plant_events=events)
         else:
             scenario = load_scenario(args.scenario)
             out = Path(args.out) if args.out else Path("runs") / scenario.name
@@ -60,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise RecordError(
                     f"{out} already holds a batch record; continue it with --resume {out} or choose another --out"
                 )
-            endpoint = args.plant
+            endpoint, telemetry = args.plant, args.telemetry
             if endpoint is None:
                 tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
                 # The server reads the scenario's [plant] too: seed, mismatch, sensors (twin.plant_setup).
@@ -71,11 +83,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                     params=dict(scenario.plant.params),
                     extra_args=(*tolerances, *plant_of),
                 )
-                endpoint = stack.enter_context(server).command
+                process = stack.enter_context(server)
+                endpoint, telemetry = process.command, process.telemetry
             identity = b"bioimp-" + secrets.token_hex(8).encode()
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
-            result = run_batch(scenario, plant, out, setup)
+            result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry))
     summary = result.summary
     ctrl, name, record = summary["controller"], summary["scenario"], summary["record"]
     assert isinstance(ctrl, dict) and isinstance(name, dict) and isinstance(record, dict)

@@ -11,6 +11,7 @@ import getpass
 import importlib.metadata
 import platform
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,14 @@ def new_parts(scenario: Scenario) -> tuple[ModelSpec, FloatArray, Estimator, Con
     return spec, p, estimator, build_controller(scenario, spec, p)
 
 
-def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup) -> RunResult:
+def run_batch(
+    scenario: Scenario,
+    plant: Plant,
+    out_dir: Path,
+    setup: BatchSetup,
+    *,
+    plant_events: Callable[[], Iterable[EventRow]] | None = None,
+) -> RunResult:
     """Run the scenario's batch against ``plant``, recorded durably in ``out_dir/record.sqlite``.
 
     Durability follows the plant's clock: ``full`` for a real-time plant, ``normal`` for a virtual one.
@@ -218,6 +226,7 @@ def run_batch(scenario: Scenario, plant: Plant, out_dir: Path, setup: BatchSetup
             steps=scenario.loop.steps,
             period_s=scenario.loop.period_s,
             budget_s=scenario.controller.budget_s,
+            plant_events=plant_events,
         )
         return finish_batch(record, scenario, out_dir, controller.name)
     finally:

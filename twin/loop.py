@@ -16,6 +16,7 @@ What it does when things go wrong (each is recorded as an event):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -51,6 +52,7 @@ def run_loop(
     period_s: float,
     budget_s: float | None = None,
     first_seq: int = 1,
+    plant_events: Callable[[], Iterable[EventRow]] | None = None,
 ) -> LoopResult:
     """Run ``steps`` periods of closed-loop control and a final read.
 
@@ -66,6 +68,8 @@ def run_loop(
         budget_s: controller compute budget per step; a slower step counts as a deadline miss, and unless
             the controller already fell back, the previous plan's next move is applied instead.
         first_seq: sequence number of the first setpoint (so a resumed run continues the sequence).
+        plant_events: what the plant announced on its own (fail-safe, a gateway's device faults), drained
+            into the recorder before each read.
     """
     misses = refused = fallbacks = 0
     u_applied: FloatArray | None = None
@@ -74,6 +78,7 @@ def run_loop(
     seq = first_seq
     t_last = float("nan")  # plant time of the last reading
     for step in range(steps):
+        _record_plant_events(plant_events, recorder)
         try:
             meas = plant.read()
         except PlantTimeout as exc:
@@ -130,9 +135,16 @@ def run_loop(
             plan = result.planned_u
         seq += 1
         misses += _wait(clock, recorder, meas.time_s)
+    _record_plant_events(plant_events, recorder)
     final = plant.read()
     recorder.measurements(steps, final)
     return LoopResult(steps, final, misses, refused, fallbacks)
+
+
+def _record_plant_events(plant_events: Callable[[], Iterable[EventRow]] | None, recorder: Recorder) -> None:
+    if plant_events is not None:
+        for row in plant_events():
+            recorder.event(row)
 
 
 def _wait(clock: Clock, recorder: Recorder, t_s: float) -> int:

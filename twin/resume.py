@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +185,14 @@ def _last_applied(record: BatchRecord) -> dict[str, float] | None:
     return None if row is None else dict(json.loads(row[0]))
 
 
-def resume_batch(out_dir: Path, connect: PlantConnector, *, operator: str, endpoint: str | None = None) -> RunResult:
+def resume_batch(
+    out_dir: Path,
+    connect: PlantConnector,
+    *,
+    operator: str,
+    endpoint: str | None = None,
+    plant_events: Callable[[], Iterable[EventRow]] | None = None,
+) -> RunResult:
     """Continue the batch recorded in ``out_dir`` to its end and write the run directory.
 
     Args:
@@ -193,6 +200,7 @@ def resume_batch(out_dir: Path, connect: PlantConnector, *, operator: str, endpo
         connect: opens a Plant at an endpoint with a given ZeroMQ routing id.
         operator: who resumes (recorded).
         endpoint: the plant's command endpoint when it differs from the recorded one (an audited change).
+        plant_events: the plant's own announcements to record (see :func:`twin.loop.run_loop`).
 
     Raises:
         RecordError: no record, a record that fails verification, a different or rewound plant.
@@ -207,7 +215,7 @@ def resume_batch(out_dir: Path, connect: PlantConnector, *, operator: str, endpo
         scenario = parse_scenario(run.scenario_source, f"{path} (run row)")
         if scenario.sha256 != run.scenario_sha256:
             raise RecordError(f"{path}: the recorded scenario does not match its recorded hash")
-        return _resume(record, run, scenario, out_dir, connect, operator, endpoint)
+        return _resume(record, run, scenario, out_dir, connect, operator, endpoint, plant_events)
     finally:
         record.close()
 
@@ -220,6 +228,7 @@ def _resume(
     connect: PlantConnector,
     operator: str,
     endpoint: str | None,
+    plant_events: Callable[[], Iterable[EventRow]] | None,
 ) -> RunResult:
     history = load_history(record.connection)
     spec, _, estimator, controller = new_parts(scenario)
@@ -295,6 +304,7 @@ def _resume(
                 period_s=scenario.loop.period_s,
                 budget_s=scenario.controller.budget_s,
                 first_seq=seq,
+                plant_events=plant_events,
             )
     finally:
         plant.close()

@@ -16,6 +16,7 @@ from hil.client import TelemetrySubscriber, ZmqPlant
 from hil.handler import ProtocolHandler
 from hil.heartbeat import HeartbeatSender
 from hil.launch import spawn_plant_server
+from hil.plant_events import PlantEventListener
 from plant_models.errors import ProtocolError
 from plant_models.registry import resolve_model
 from tests.hil.conftest import REPO
@@ -219,3 +220,22 @@ def test_heartbeat_sender_reports_the_plant_state() -> None:
         time.sleep(0.6)  # no more heartbeats: the watchdog fires
         with ZmqPlant(server.command) as plant:
             assert plant.hello().state == "failsafe"
+
+
+def test_plant_event_listener_hands_the_failsafe_event_to_the_record() -> None:
+    with (
+        spawn_plant_server("fedbatch_haldane", extra_args=["--watchdog", "0.2"]) as server,
+        PlantEventListener(server.telemetry) as listener,
+        ZmqPlant(server.command) as plant,
+    ):
+        time.sleep(0.3)  # slow joiner: let the subscription reach the server first
+        plant.write({"inp": 0.05}, seq=1)
+        deadline = time.monotonic() + 3.0
+        events = []
+        while not events and time.monotonic() < deadline:
+            time.sleep(0.05)
+            events = listener.drain()
+        assert [e.kind for e in events] == ["plant_event"]
+        assert "state=failsafe" in events[0].message and "watchdog" in events[0].message
+        assert events[0].t_s == 0.0  # plant time (virtual clock, never advanced)
+        assert listener.drain() == []  # handed over once

@@ -263,3 +263,12 @@ def test_an_unreachable_plant_loses_the_period_not_the_batch() -> None:
     assert rec.events[0].t_s == 0.0  # the time of the last reading
     assert [r.seq for r in rec.setpoints if r.state == "applied"] == [1, 2]
     assert result.final.time_s == pytest.approx(3 * 3600.0)  # type: ignore[attr-defined]
+
+
+def test_plant_events_are_recorded_before_each_read() -> None:
+    _, plant = _plant()
+    rec = OrderRecorder()
+    announced = [[EventRow(0.0, "plant_event", "state=failsafe, reason=test")], [], []]
+    _run(plant, FixedController(0.01), rec, steps=2, plant_events=lambda: announced.pop(0))
+    assert rec.order[:2] == ["event:plant_event", "read"]
+    assert rec.order.count("event:plant_event") == 1 and announced == []  # drained before each read
