@@ -26,6 +26,7 @@ from controllers.config import MpcConfig, dompc_example_config
 from controllers.dompc import DoMpcController
 from controllers.interfaces import Controller
 from controllers.nmpc import build_mpc
+from controllers.robust import RobustSqpMpc
 from plant_models.fedbatch_haldane import fedbatch_haldane
 from twin.scenario import load_scenario
 
@@ -85,3 +86,36 @@ def test_nmpc_step(benchmark: Any, which: str) -> None:
     elif which == "nmpc-default":
         check("nmpc_step_p50_ratio_vs_dompc", _ratio(benchmark, which))
         check("nmpc_step_p99_ms", figures["p99_ms"])
+
+
+UNCERTAINTY = {"Y_x": [0.5, 0.4, 0.3], "S_in": [200.0, 220.0, 180.0]}  # do-mpc's batch_reactor example
+_ROBUST_MEDIANS: dict[str, float] = {}
+
+
+# do-mpc first: ours is compared against it. do-mpc's robust step takes about 0.4 s: fewer rounds.
+@pytest.mark.parametrize("which", ["do-mpc-robust", "nmpc-robust"])
+def test_robust_nmpc_step(benchmark: Any, which: str) -> None:
+    """Robust multi-stage NMPC, 3 x 3 scenarios, robust horizon 1: ours (RTI, compiled) vs do-mpc."""
+    spec = fedbatch_haldane()
+    p = np.array(spec.vector("params", spec.nominal_params))
+    controller: Controller
+    if which == "do-mpc-robust":
+        controller = DoMpcController(spec, dompc_example_config(), p, uncertainty=UNCERTAINTY, n_robust=1)
+        rounds = 40
+    else:
+        cfg = replace(load_scenario().controller.mpc, solver="sqp-hpipm", mode="rti", compiled=True)
+        controller = RobustSqpMpc(spec, cfg, UNCERTAINTY, n_robust=1)
+        rounds = 150
+    benchmark.group = "robust_nmpc_step"
+    benchmark.pedantic(_stepper(controller), rounds=rounds, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:
+        return
+    figures = percentiles_ms(benchmark)
+    _ROBUST_MEDIANS[which] = figures["p50_ms"]
+    if which == "nmpc-robust":
+        if "do-mpc-robust" not in _ROBUST_MEDIANS:
+            pytest.fail("the do-mpc robust reference was not measured in this run: run both parametrisations")
+        ratio = _ROBUST_MEDIANS["nmpc-robust"] / _ROBUST_MEDIANS["do-mpc-robust"]
+        benchmark.extra_info["ratio_vs_dompc_p50"] = ratio
+        benchmark.extra_info["dompc_p50_ms"] = _ROBUST_MEDIANS["do-mpc-robust"]
+        check("nmpc_robust_step_p50_ratio_vs_dompc", ratio)
