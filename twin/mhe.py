@@ -50,6 +50,17 @@ class _Window:
     W: FloatArray  # 1/σ of each measurement, 0 where there is none
 
 
+@dataclass(frozen=True)
+class _Linearisation:
+    """Residuals at one iterate: arrival ``r0``, per interval ``r[k]`` with Jacobian blocks (ends k, k+1)."""
+
+    r0: FloatArray
+    r: list[FloatArray]
+    Ja: list[FloatArray]
+    Jb: list[FloatArray]
+    cost: float
+
+
 #: RK4 steps per window interval (the window's intervals are about one loop period).
 SUBSTEPS = 4
 #: Gauss-Newton iterations per update at most, and the relative cost decrease that counts as converged.
@@ -106,38 +117,63 @@ class MovingHorizonEstimator:
         self._lbz = np.tile(m.lower, self.N + 1)
         self._ubz = np.tile(m.upper, self.N + 1)
 
-    def _residual(self, z_all: FloatArray, data: _Window) -> tuple[FloatArray, FloatArray]:
-        """Residuals and their Jacobian over the window."""
+    def _linearise(self, z_all: FloatArray, data: _Window) -> _Linearisation:
+        """Residuals and the blocks of their Jacobian over the window."""
         nz, N = self.ekf.model.nz, self.N
         Z = z_all.reshape(N + 1, nz).T
         r, Ja, Jb = self._intervals(Z[:, :-1], Z[:, 1:], data.U, data.dt, data.qinv, data.Y, data.W, self.p)
         r, Ja, Jb = np.asarray(r), np.asarray(Ja), np.asarray(Jb)
-        nr = r.shape[0]
-        res = np.concatenate([data.L0 @ (Z[:, 0] - data.zbar), r.ravel(order="F")])
-        J = np.zeros((nz + N * nr, (N + 1) * nz))
-        J[:nz, :nz] = data.L0
-        for k in range(N):
-            rows = slice(nz + k * nr, nz + (k + 1) * nr)
-            J[rows, k * nz : (k + 1) * nz] = Ja[:, k * nz : (k + 1) * nz]
-            J[rows, (k + 1) * nz : (k + 2) * nz] = Jb[:, k * nz : (k + 1) * nz]
-        return res, J
+        r0 = data.L0 @ (Z[:, 0] - data.zbar)
+        Ja_k = [Ja[:, k * nz : (k + 1) * nz] for k in range(N)]
+        Jb_k = [Jb[:, k * nz : (k + 1) * nz] for k in range(N)]
+        cost = 0.5 * (float(r0 @ r0) + float(np.sum(r * r)))
+        return _Linearisation(r0, [r[:, k] for k in range(N)], Ja_k, Jb_k, cost)
 
-    def _solve(self, guess: FloatArray, params: _Window) -> FloatArray:
+    def _step(self, lin: _Linearisation, L0: FloatArray, lam: float) -> FloatArray:
+        """Solve the damped Gauss-Newton system ``(JᵀJ + λ diag(JᵀJ)) s = −Jᵀr``.
+
+        Each interval couples only its two end nodes, so ``JᵀJ`` is block tridiagonal (blocks nz × nz):
+        block elimination costs O(N nz³) in small matrices instead of one dense (N nz)³ solve (and stays
+        clear of multithreaded BLAS, which is slow on a loaded machine for these sizes).
+        """
+        N = self.N
+        D = [np.zeros((L0.shape[0], L0.shape[0])) for _ in range(N + 1)]
+        g = [np.zeros(L0.shape[0]) for _ in range(N + 1)]
+        D[0] += L0.T @ L0
+        g[0] += L0.T @ lin.r0
+        C = []
+        for k in range(N):
+            a, b, r = lin.Ja[k], lin.Jb[k], lin.r[k]
+            D[k] += a.T @ a
+            D[k + 1] += b.T @ b
+            g[k] += a.T @ r
+            g[k + 1] += b.T @ r
+            C.append(a.T @ b)  # block (k, k+1)
+        for k in range(N + 1):
+            D[k] = D[k] + lam * np.diag(np.diag(D[k]) + 1e-12)
+        # Forward elimination, then back substitution.
+        Dp, gp = [D[0]], [-g[0]]
+        for k in range(1, N + 1):
+            L = np.linalg.solve(Dp[k - 1], C[k - 1]).T  # C_{k-1}ᵀ D'_{k-1}⁻¹
+            Dp.append(D[k] - L @ C[k - 1])
+            gp.append(-g[k] - L @ gp[k - 1])
+        s: list[FloatArray] = [np.zeros(0)] * (N + 1)
+        s[N] = np.asarray(np.linalg.solve(Dp[N], gp[N]), dtype=float)
+        for k in range(N - 1, -1, -1):
+            s[k] = np.asarray(np.linalg.solve(Dp[k], gp[k] - C[k] @ s[k + 1]), dtype=float)
+        return np.concatenate(s)
+
+    def _solve(self, guess: FloatArray, data: _Window) -> FloatArray:
         """Gauss-Newton with Levenberg-Marquardt damping, iterates clipped to the bounds."""
         z = np.clip(guess, self._lbz, self._ubz)
-        r, J = self._residual(z, params)
-        cost = 0.5 * float(r.ravel() @ r.ravel())
+        lin = self._linearise(z, data)
         lam = 1e-6
         for _ in range(MAX_ITER):
-            g = J.T @ r.ravel()
-            H = J.T @ J
-            step = np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), -g)
-            z_new = np.clip(z + step, self._lbz, self._ubz)
-            r_new, J_new = self._residual(z_new, params)
-            cost_new = 0.5 * float(r_new.ravel() @ r_new.ravel())
-            if cost_new <= cost:
-                converged = cost - cost_new <= TOL * max(cost, 1.0)
-                z, r, J, cost, lam = z_new, r_new, J_new, cost_new, max(lam / 10, 1e-12)
+            z_new = np.clip(z + self._step(lin, data.L0, lam), self._lbz, self._ubz)
+            lin_new = self._linearise(z_new, data)
+            if lin_new.cost <= lin.cost:
+                converged = lin.cost - lin_new.cost <= TOL * max(lin.cost, 1.0)
+                z, lin, lam = z_new, lin_new, max(lam / 10, 1e-12)
                 self.iterations += 1
                 if converged:
                     self.last_status = "converged"

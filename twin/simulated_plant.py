@@ -222,11 +222,14 @@ class SimulatedPlant:
         """Take the samples due at ``t_s`` (the plant's current time)."""
         cfg = self.sensors
         assert cfg is not None
-        if abs(t_s / cfg.online_period_s - round(t_s / cfg.online_period_s)) * cfg.online_period_s < _SAME_TIME_S:
+        k_online = round(t_s / cfg.online_period_s)
+        if abs(t_s / cfg.online_period_s - k_online) * cfg.online_period_s < _SAME_TIME_S:
+            # Only the latest online sample is ever read, so the ones in between are not simulated; the
+            # seq is still the sample's number on the grid (k + 1), so a reader sees how many it missed.
             for d in cfg.online:
-                self._publish(d.name, self._measure(d, t_s), t_s)
+                self._publish(d.name, self._measure(d, t_s), t_s, k_online + 1)
             for name in cfg.totalizers:
-                self._publish(name, self._totals[name], t_s)
+                self._publish(name, self._totals[name], t_s, k_online + 1)
         k = (t_s - cfg.assay_first_s) / cfg.assay_period_s
         if cfg.assays and k > -1e-9 and abs(k - round(k)) * cfg.assay_period_s < _SAME_TIME_S:
             values = {d.name: self._measure(d, t_s) for d in cfg.assays}
@@ -255,8 +258,8 @@ class SimulatedPlant:
         y = self._sim.outputs(self.true_state, self._u, self._p)
         return float(y[self.spec.outputs.index(name)])
 
-    def _publish(self, device: str, value: float | None, t_s: float) -> None:
-        self._seq[device] += 1
+    def _publish(self, device: str, value: float | None, t_s: float, seq: int | None = None) -> None:
+        self._seq[device] = self._seq[device] + 1 if seq is None else seq
         finite = value is not None and math.isfinite(value)
         self._readings[device] = Reading(value if finite else None, t_s, self._seq[device], "good" if finite else "bad")
 

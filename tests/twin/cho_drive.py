@@ -83,9 +83,9 @@ class Run:
 
 
 def new_plant(sc: Scenario) -> SimulatedPlant:
-    """The scenario's simulated plant (as ``bioimp plant serve --scenario`` builds it, looser tolerances)."""
+    """The scenario's simulated plant, as ``bioimp plant serve --scenario`` builds it."""
     p = sc.plant
-    tolerances = SimulatorConfig(1e-8, 1e-8)
+    tolerances = SimulatorConfig(p.rtol, p.atol)
     return build_plant(
         sc.spec(), params=p.params, x0=p.x0, sim_config=tolerances, mismatch=p.mismatch, sensors=p.sensors
     )
