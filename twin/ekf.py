@@ -218,6 +218,33 @@ class ExtendedKalmanFilter:
         std = np.sqrt(np.maximum(np.diag(node.P), 0.0)) * m.scale
         return Estimate(t, x, m.params(node.z, self.p), std[: m.nx], rejected)
 
+    # --- twin.checkpoint.Checkpointable (a resumed batch continues with the same history) ---------
+
+    def checkpoint(self) -> Mapping[str, FloatArray]:
+        """The whole filter state as arrays: history nodes, their measurements, the last seq per device."""
+        h = self._history
+        meas = [(i, k, v) for i, n in enumerate(h) for k, v in n.meas]
+        return {
+            "t": np.array([n.t_s for n in h]),
+            "z": np.array([n.z for n in h]).reshape(len(h), self.model.nz),
+            "P": np.array([n.P for n in h]).reshape(len(h), self.model.nz, self.model.nz),
+            "u": np.array([n.u for n in h]).reshape(len(h), self.spec.nu),
+            "meas": np.array(meas, dtype=float).reshape(len(meas), 3),
+            "last_seq": np.array([self._last_seq.get(d.device, -1) for d in self.devices], dtype=float),
+        }
+
+    def restore(self, state: Mapping[str, FloatArray]) -> None:
+        """Continue from a :meth:`checkpoint`."""
+        nodes = [
+            _Node(float(t), np.array(z), np.array(P), np.array(u))
+            for t, z, P, u in zip(state["t"], state["z"], state["P"], state["u"], strict=True)
+        ]
+        for i, k, v in state["meas"]:
+            nodes[int(i)].meas.append((int(k), float(v)))
+        self._history = nodes
+        seqs = zip(self.devices, state["last_seq"], strict=True)
+        self._last_seq = {d.device: int(q) for d, q in seqs if q >= 0}
+
     # --- for the MHE and tests ---------------------------------------------------------------------
 
     def node_at_or_before(self, t_s: float) -> tuple[float, FloatArray, FloatArray] | None:

@@ -24,6 +24,7 @@ reported uncertainty ``x_std`` is the EKF's (an MHE has no cheap covariance of i
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import casadi as ca
@@ -184,6 +185,14 @@ class MovingHorizonEstimator:
                     break
         self.last_status = "not_converged"
         return z
+
+    def checkpoint(self) -> Mapping[str, FloatArray]:
+        """The EKF's state: the window is rebuilt from its history (the warm start is the EKF's)."""
+        return self.ekf.checkpoint()
+
+    def restore(self, state: Mapping[str, FloatArray]) -> None:
+        """Continue from a :meth:`checkpoint`."""
+        self.ekf.restore(state)
 
     def update(self, meas: Measurements, u_applied: FloatArray | None) -> Estimate:
         """Let the EKF place and gate the new readings, then fit the window; return the fit's last state."""
