@@ -27,7 +27,7 @@ from pathlib import Path
 
 from plant_models.errors import ProtocolError
 from twin.batch import HeldInput, StepOffset, finish_batch, inputs_vector, new_parts
-from twin.batch_record import RECORD_FILE, BatchRecord, RecordError
+from twin.batch_record import RECORD_FILE, BatchRecord, RecordError, has_run
 from twin.checkpoint import restore, snapshot
 from twin.clock import loop_clock
 from twin.interfaces import Controller, ControlStep, Estimator, FloatArray, Measurements, Plant
@@ -206,6 +206,8 @@ def resume_batch(
         RecordError: no record, a record that fails verification, a different or rewound plant.
     """
     path = out_dir / RECORD_FILE
+    if not has_run(path):
+        raise RecordError(f"{path}: no batch record to continue (nothing was committed)")
     check = verify_record(path)
     if not check.ok:
         raise RecordError(f"{path}: {check.problem}; a record that fails verification is not continued")

@@ -308,3 +308,63 @@ def test_report_html_holds_the_batch_figures(recorded: tuple[Path, WatchingPlant
     assert events["run_end"]["x"] == [STEPS * 1.0]
     summary = json.loads((out / "summary.json").read_text())
     assert f"{summary['objective']:.6g}" in page
+
+
+def test_resume_of_a_complete_batch_rewrites_its_outputs_and_adds_nothing(
+    recorded: tuple[Path, WatchingPlant], tmp_path: Path
+) -> None:
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / RECORD_FILE).write_bytes((recorded[0] / RECORD_FILE).read_bytes())
+    before = verify_record(out / RECORD_FILE)
+    done = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "run", "--resume", str(out)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    after = verify_record(out / RECORD_FILE)
+    assert after.ok and (after.rows, after.head) == (before.rows, before.head)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((recorded[0] / "summary.json").read_text())
+
+
+def test_a_broken_or_missing_record_is_not_resumed(recorded: tuple[Path, WatchingPlant], tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    raw = (recorded[0] / RECORD_FILE).read_bytes()
+    with open_readonly(recorded[0] / RECORD_FILE) as conn:
+        (value,) = conn.execute("SELECT value FROM samples WHERE device = 'P_s' AND step = 2").fetchone()
+    needle = struct.pack(">d", value)
+    assert raw.count(needle) == 1
+    (broken / RECORD_FILE).write_bytes(raw.replace(needle, struct.pack(">d", value + 1.0)))
+    for directory, message in ((broken, "fails verification"), (tmp_path / "empty", "no batch record to continue")):
+        done = subprocess.run(
+            [sys.executable, "-m", "hil.cli", "run", "--resume", str(directory)],
+            capture_output=True, text=True, check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("bioimp: error: ") and message in done.stderr
+        assert done.stderr.count("\n") == 1
+
+
+def test_a_restored_nmpc_decides_exactly_as_the_original(tmp_path: Path) -> None:
+    from twin.batch import new_parts
+    from twin.checkpoint import restore, snapshot
+
+    scenario = parse_scenario(scenario_text())
+    _, _, est_a, ctrl_a = new_parts(scenario)
+    plant = SimulatedPlant(SPEC, x0=dict(scenario.plant.x0))
+    for _ in range(3):  # three steps, so the warm start is a real one
+        meas = Measurements(plant.time_s, plant.read())
+        e = est_a.update(meas, None)
+        plant.apply({"inp": float(ctrl_a.step(plant.time_s, e.x, e.p).u[0])})
+        plant.advance(3600.0)
+    blob = snapshot(est_a, ctrl_a)
+    _, _, est_b, ctrl_b = new_parts(scenario)
+    restore(blob, est_b, ctrl_b)
+    meas = Measurements(plant.time_s, plant.read())
+    ea, eb = est_a.update(meas, None), est_b.update(meas, None)
+    ua, ub = ctrl_a.step(plant.time_s, ea.x, ea.p).u, ctrl_b.step(plant.time_s, eb.x, eb.p).u
+    np.testing.assert_array_equal(ua, ub)  # same warm start, same Ipopt iterations: bit for bit
+    *_, cold = new_parts(scenario)
+    uc = cold.step(plant.time_s, ea.x, ea.p).u
+    assert abs(float(uc[0]) - float(ua[0])) > 0.0  # a cold start does not (so the restore is what matters)
