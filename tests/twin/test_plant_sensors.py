@@ -186,3 +186,25 @@ def test_plant_serve_rejects_a_bad_scenario_in_one_line(tmp_path) -> None:  # ty
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "estimator.kind: unknown estimator 'ukf'" in proc.stderr
+
+
+def test_the_documented_plant_and_estimator_tables_are_valid() -> None:
+    """docs/models.md's [plant] example and docs/architecture.md's [estimator] example parse as written."""
+    import re
+
+    from twin.scenario import parse_scenario
+
+    docs = REPO / "docs"
+    (plant,) = [
+        b for b in re.findall(r"```toml\n(.*?)```", (docs / "models.md").read_text(), re.S) if "[plant.sensors]" in b
+    ]
+    (estimator,) = re.findall(r"```toml\n(\[estimator\].*?)```", (docs / "architecture.md").read_text(), re.S)
+    head = 'name = "doc"\nmodel = "cho_fedbatch_thermal"\n[loop]\nsteps = 1\nperiod_s = 3600.0\n'
+    sc = parse_scenario(head + plant + estimator)
+    assert sc.plant.sensors is not None and [d.name for d in sc.plant.sensors.assays] == [
+        "Xv_assay",
+        "Glc_assay",
+        "mAb_assay",
+    ]
+    assert sc.plant.sensors.faults[0].value is not None and math.isnan(sc.plant.sensors.faults[0].value)
+    assert sc.estimator.kind == "ekf" and "mu_m" in sc.estimator.augment
