@@ -120,8 +120,8 @@ class EstimatorConfig:
             raise ScenarioError(f"{key}.horizon: must be >= 2, got {self.horizon}")
 
 
-def parse_estimator(table: _Table, spec: ModelSpec) -> EstimatorConfig:
-    """Read the ``[estimator]`` table (defaults when absent).
+def parse_estimator(table: _Table, spec: ModelSpec, sensors: SensorConfig | None = None) -> EstimatorConfig:
+    """Read the ``[estimator]`` table (defaults when absent) for a plant with ``sensors``.
 
     Raises:
         ScenarioError: naming the offending key.
@@ -147,6 +147,15 @@ def parse_estimator(table: _Table, spec: ModelSpec) -> EstimatorConfig:
     )
     table.finish()
     config.validate(spec, table.path)
+    if config.kind == "measured" and sensors is not None:
+        # Full-state feedback needs a device named after every state; instruments do not have that.
+        names = {d.name for d in sensors.devices}
+        missing = [n for n in spec.states if n not in names]
+        if missing:
+            raise ScenarioError(
+                f"{table.key('kind')}: 'measured' needs a sensor named after every state (none for "
+                f"{missing[0]!r} in [plant.sensors]); use 'ekf' or 'mhe'"
+            )
     return config
 
 

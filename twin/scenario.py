@@ -23,6 +23,7 @@ from controllers.config import MpcConfig, Objective
 from plant_models.errors import ModelError, ScenarioError
 from plant_models.registry import resolve_model
 from plant_models.spec import Bounds, ModelSpec
+from twin.cascade_setup import CascadeSection, parse_cascade
 from twin.estimator_config import EstimatorConfig, parse_estimator
 from twin.plant_setup import PlantMismatch, parse_mismatch
 from twin.sensors import SensorConfig, parse_sensors
@@ -85,13 +86,14 @@ class Scenario:
     source: str
     sha256: str
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    cascade: CascadeSection | None = None
 
     def spec(self) -> ModelSpec:
         """Resolve the model (built-in name or ``package.module:function``)."""
         return resolve_model(self.model)
 
 
-CONTROLLER_KINDS = ("nmpc", "do-mpc")
+CONTROLLER_KINDS = ("nmpc", "do-mpc", "cascade")
 
 
 class _Table:
@@ -286,7 +288,10 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         budget_s=budget,
     )
     ctrl_t.finish()
-    estimator = parse_estimator(root.table("estimator"), spec)
+    estimator = parse_estimator(root.table("estimator"), spec, plant.sensors)
+    cascade = parse_cascade(root.table("cascade"), spec, loop.period_s)
+    if (kind == "cascade") != (cascade is not None):
+        raise ScenarioError("controller.kind: 'cascade' and a [cascade] table go together")
     root.finish()
     _check_initial_derivative(spec, plant, twin)
     return Scenario(
@@ -300,6 +305,7 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
         source=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         estimator=estimator,
+        cascade=cascade,
     )
 
 

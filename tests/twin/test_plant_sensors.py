@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from plant_models.errors import ScenarioError
 from tests.hil.conftest import REPO
 from tests.twin.cho_drive import SCENARIO_PATH, new_plant, relative_errors, run, scenario
 from twin.conformance import check_plant
+from twin.scenario import PlantConfig
 from twin.simulated_plant import SimulatedPlant
 
 HOUR = 3600.0
@@ -40,13 +42,11 @@ def test_the_same_seed_gives_the_same_plant_and_readings_another_seed_does_not()
     np.testing.assert_array_equal(a.true_params, b.true_params)
     assert _drive(a, 30) == _drive(b, 30)
     np.testing.assert_array_equal(a.true_state, b.true_state)
-    other = new_plant(scenario().__class__(**{**SC.__dict__, "plant": _with_seed(8)}))
+    other = new_plant(replace(SC, plant=_with_seed(8)))
     assert not np.array_equal(other.true_params, a.true_params)
 
 
-def _with_seed(seed: int):  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
+def _with_seed(seed: int) -> PlantConfig:
     assert SC.plant.mismatch is not None
     return replace(SC.plant, mismatch=replace(SC.plant.mismatch, seed=seed))
 
@@ -113,6 +113,7 @@ BAD = [
     ("[estimator]\nreject_sigma = 0", "estimator.reject_sigma"),
     ("[estimator]\nhorizon = 1", "estimator.horizon"),
     ("[estimator]\ngain = 1", "estimator.gain"),
+    ('[estimator]\nkind = "measured"', "estimator.kind"),
 ]
 
 
