@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,18 +157,26 @@ def test_bad_plant_sensor_and_estimator_config_is_one_line_naming_the_key(snippe
     assert message.startswith(key), message
 
 
-def test_bioimp_plant_serve_scenario_runs_the_ekf_over_zeromq() -> None:
-    """The scenario's plant behind ``bioimp plant serve`` (own process) gives the in-process readings."""
-    steps = 30
-    local = run(SC, steps)
-    serve = spawn_plant_server(SC.model, extra_args=["--scenario", str(SCENARIO_PATH), "--watchdog", "0"])
+def test_bioimp_plant_serve_scenario_runs_the_ekf_over_zeromq(tmp_path: Path) -> None:
+    """The scenario's plant behind ``bioimp plant serve`` (own process), with a NaN and a spike mid-batch:
+    the same readings as in-process, the faults rejected and recorded, the bound met."""
+    from tests.twin.test_estimation import FAULTS
+
+    steps = 80
+    faulty = tmp_path / "faulty.toml"
+    faulty.write_text(SCENARIO_PATH.read_text() + FAULTS)
+    sc = scenario(FAULTS)
+    local = run(sc, steps)
+    serve = spawn_plant_server(sc.model, extra_args=["--scenario", str(faulty), "--watchdog", "0"])
     with serve as server, ZmqPlant(server.command) as plant:
-        remote = run(SC, steps, plant=plant)
+        remote = run(sc, steps, plant=plant)
     for (m_local, _, e_local), (m_remote, _, e_remote) in zip(local.tap.log, remote.tap.log, strict=True):
         assert m_remote.time_s == m_local.time_s
         for name, r in m_local.values.items():
             assert m_remote.values[name] == r  # same seed, same plant: identical readings over the wire
         np.testing.assert_allclose(e_remote.x, e_local.x, rtol=1e-12)
+    rejected = [(e.t_s, e.message.split(":")[0]) for e in remote.record.events if e.kind == "measurement_rejected"]
+    assert rejected == [(50 * HOUR, "T"), (60 * HOUR, "T"), (74 * HOUR, "Xv_assay")]
     # So the remote run meets the bound too (against the in-process run's truth).
     remote.drive.truth = local.drive.truth
     for state in ("Xv", "mAb"):
