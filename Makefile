@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean test-kill-long
 
 # (Re)install whenever pyproject.toml changes. Only python3 with venv is assumed on the machine.
 $(STAMP): pyproject.toml
@@ -34,3 +34,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+
+# The batch record's kill -9 / resume test with 100 kill points instead of 20 (a few minutes).
+test-kill-long: setup
+	BIOIMP_KILL_POINTS=100 $(BIN)/pytest -q -s tests/twin/test_resume_kill.py

@@ -28,7 +28,7 @@ from twin.resume import RESUME_EVENTS
 from twin.scenario import DEFAULT_SCENARIO
 
 KILLS = int(os.environ.get("BIOIMP_KILL_POINTS", "20"))
-STEPS = max(30, KILLS * 3 // 2)  # room for the kill points
+STEPS = max(30, 2 * KILLS)  # room for the kill points (each kill lands up to a step after its target)
 # Events that only an interrupted run has (they document the outage).
 OUTAGE_EVENTS = set(RESUME_EVENTS)
 
@@ -192,7 +192,6 @@ def test_kill_9_at_random_points_then_resume_loses_nothing_and_actuates_nothing_
         )
         assert final.returncode == 0, final.stderr
     print(f"{kills} kills in {time.monotonic() - started:.1f} s; last committed row at each kill: {Counter(kinds)}")
-    assert kills == KILLS, f"only {kills} kill points landed before the batch ended"
 
     # The batch completed and its record verifies.
     check = verify_record(db)
@@ -226,3 +225,4 @@ def test_kill_9_at_random_points_then_resume_loses_nothing_and_actuates_nothing_
         conn.close()
     # One per resume that got as far as reconnecting (a resume killed before that records none).
     assert 1 <= outages <= kills
+    assert kills == KILLS, f"only {kills} kill points landed before the batch ended"
