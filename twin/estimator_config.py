@@ -64,7 +64,8 @@ class EstimatorConfig:
         param_drift: augmented parameter -> relative random-walk standard deviation per sqrt(model time
             unit) (default 0.001).
         reject_sigma: a measurement whose normalised innovation exceeds this is rejected.
-        history_s: how far back (s) states are kept for re-filtering late measurements.
+        history_s: how far back (s) states are kept for re-filtering late measurements (and for the MHE's
+            window): 30 h covers a result reported a day late and the default 30-update window.
         max_step: longest RK4 step (model time units) of the estimator's prediction.
         horizon: MHE window, in estimator updates.
         measurement_rel_std: relative noise of exact output devices (scenarios without sensors).
@@ -78,7 +79,7 @@ class EstimatorConfig:
     param_std: Mapping[str, float] = field(default_factory=_empty)
     param_drift: Mapping[str, float] = field(default_factory=_empty)
     reject_sigma: float = 5.0
-    history_s: float = 172800.0
+    history_s: float = 108000.0
     max_step: float = 0.0625
     horizon: int = 30
     measurement_rel_std: float = 0.01
