@@ -218,3 +218,20 @@ def test_the_documented_plant_and_estimator_tables_are_valid() -> None:
     ]
     assert sc.plant.sensors.faults[0].value is not None and math.isnan(sc.plant.sensors.faults[0].value)
     assert sc.estimator.kind == "ekf" and "mu_m" in sc.estimator.augment
+
+
+def test_process_noise_moves_the_truth_by_its_stated_size_and_the_totalizer_counts_the_feed() -> None:
+    assert SC.plant.mismatch is not None
+    quiet = new_plant(replace(SC, plant=replace(SC.plant, mismatch=replace(SC.plant.mismatch, process_noise={}))))
+    noisy = new_plant(SC)
+    readings = _drive(quiet, 24)
+    _drive(noisy, 24)
+    s = SC.plant.mismatch.process_noise["Xv"]
+    iX = SPEC.states.index("Xv")
+    log_ratio = math.log(noisy.true_state[iX] / quiet.true_state[iX])
+    # A geometric random walk of s per sqrt(h) over 24 one-hour steps: |log ratio| ~ s·sqrt(24), not 0.
+    assert 1e-6 < abs(log_ratio) < 5 * s * math.sqrt(24)
+    # Volume is given no noise (and does not depend on the cells): the same in both.
+    assert noisy.true_state[SPEC.states.index("V")] == pytest.approx(quiet.true_state[SPEC.states.index("V")])
+    # The feed totalizer is the integral of the applied feed (0.002 L/h for 24 h), exact.
+    assert readings[-1]["F_total"][:2] == (pytest.approx(0.048, rel=1e-12), 24 * HOUR)
