@@ -1,8 +1,8 @@
 """Snapshots of the estimator's and controller's internal state, so a resumed run continues exactly.
 
 An object that implements :class:`Checkpointable` says itself what its state is. Any other object is
-snapshotted by its numpy-array attributes (for our NMPC: the shifted primal-dual warm start and the last
-input; for the measured-state estimator: the last estimate) — exact for objects whose whole mutable state
+snapshotted by its numpy-array attributes (for our NMPCs: the warm start — multipliers, plan — and the
+last input; for the measured-state estimator: the last estimate) — exact for objects whose whole mutable state
 is arrays, which is why controllers are encouraged to implement :class:`Checkpointable` instead.
 
 The snapshot is a JSON header (``estimator/<name>`` and ``controller/<name>`` → dtype, shape) followed by
