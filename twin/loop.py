@@ -27,6 +27,8 @@ from twin.interfaces import Clock, Controller, Estimator, FloatArray, Measuremen
 from twin.record import EventRow, Recorder, SetpointRow
 
 _FAILSAFE = "failsafe"  # the wire protocol's error code for a write refused in fail-safe
+#: Why the estimator refuses a reading: the estimators' common rule (see twin/estimation.py, twin/ekf.py).
+REJECTED = "rejected by the estimator (missing, not finite, outside its physical range or > 5 sigma)"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def run_loop(
         est = estimator.update(meas, u_applied)
         recorder.estimate(step, est)
         for name in est.rejected:
-            recorder.event(EventRow(meas.time_s, "measurement_rejected", f"{name}: missing or not finite"))
+            recorder.event(EventRow(meas.time_s, "measurement_rejected", f"{name}: {REJECTED}"))
 
         if halted:
             _, state = plant.heartbeat()

@@ -31,7 +31,7 @@ from twin.batch_record import RECORD_FILE, BatchRecord, RecordError, has_run
 from twin.checkpoint import restore, snapshot
 from twin.clock import loop_clock
 from twin.interfaces import Controller, ControlStep, Estimator, FloatArray, Measurements, Plant
-from twin.loop import run_loop
+from twin.loop import REJECTED, run_loop
 from twin.record import EventRow, MemoryRecord, SetpointRow
 from twin.record_read import RunInfo, load_history, read_run
 from twin.record_verify import verify_record
@@ -132,7 +132,7 @@ def _finish_step(
             if not point.estimated:
                 record.estimate(k, est)
                 for name in est.rejected:
-                    record.event(EventRow(t_k, "measurement_rejected", f"{name}: missing or not finite"))
+                    record.event(EventRow(t_k, "measurement_rejected", f"{name}: {REJECTED}"))
             result = controller.step(t_k, est.x, est.p)
             record.control(k, t_k, result)
             if result.fallback is not None:
