@@ -44,7 +44,7 @@ BUDGETS: dict[str, Budget] = {
         0.10, "ratio", "time spent writing the batch record / the closed loop's time (Haldane NMPC, issue 6)"
     ),
     "zmq_write_roundtrip_p99_ms": Budget(
-        5.0, "ms", "write round trip to a plant server in another process over loopback TCP"
+        1.0, "ms", "write round trip to a plant server in another process over loopback TCP (issue 5)"
     ),
 }
 
