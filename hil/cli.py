@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hil.gateway.cli import add_gateway_parser
     from hil.record_cli import add_batch_run_options, add_record_parsers
     from hil.server import add_plant_serve_parser
+    from hil.study_cli import add_study_parsers
 
     parser = argparse.ArgumentParser(prog="bioimp", description="Digital-twin control loop for bioreactors.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_parsers(sub)
     add_gateway_parser(sub)
     add_emulate_parser(sub)
+    add_study_parsers(sub)  # bioimp optimize, bioimp compare (hil/study_cli.py)
     return parser
 
 

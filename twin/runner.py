@@ -57,6 +57,10 @@ def twin_params(spec: ModelSpec, scenario: Scenario) -> FloatArray:
 
 def build_controller(scenario: Scenario, spec: ModelSpec, p: FloatArray) -> Controller:
     """The scenario's controller, built for ``spec`` with the twin's parameters ``p``."""
+    if scenario.controller.kind == "cascade":  # two-level: needs the whole scenario (twin.cascade_setup)
+        from twin.cascade_setup import build_cascade
+
+        return build_cascade(scenario, spec, p)
     return CONTROLLER_FACTORIES[scenario.controller.kind](spec, scenario.controller.mpc, p)
 
 

@@ -1,0 +1,333 @@
+"""Whole-batch optimal control: the economic problem from now to the end of the batch, built once.
+
+A batch ends at a fixed time, and what counts is the harvest at that end (antibody mass, product). A
+receding horizon of fixed length optimises for a moment that is not the harvest, so a temperature shift
+or a late feed is chosen myopically. This problem spans the *remaining* batch instead, as a shrinking
+horizon: ``N`` intervals of equal length ``dt = (t_end - t) / N``, with ``dt`` a parameter of the frozen
+solver. The same frozen solver serves
+
+* the offline optimum over the whole batch (``bioimp optimize``, the open-loop baseline, the oracle),
+* the slow level of the two-level controller, re-solved every hour from the twin's estimate.
+
+Build time (symbolic): RK4 multiple shooting (``substeps`` per interval), objective, soft state bounds
+with an exact L1 penalty (slacks), hard input bounds, frozen into one Ipopt ``nlpsol``. Run time:
+:meth:`BatchOcp.solve` fills the parameters ``(x0, p, dt)`` and warm-starts from the previous solution.
+
+Objective names are states, outputs, or products ``"a*b"`` of two of them (``"mAb*V"``: antibody mass,
+mg, from titer mg/L times volume L), weighted linearly as in :class:`controllers.config.Objective`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+from controllers.config import Objective
+from controllers.interfaces import FloatArray
+from plant_models.errors import ScenarioError
+from plant_models.spec import Bounds, ModelSpec
+
+_OK = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
+
+
+def _empty_bounds() -> Mapping[str, Bounds]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class BatchOcpConfig:
+    """The whole-batch problem.
+
+    Attributes:
+        intervals: N, piecewise-constant input intervals over the remaining batch.
+        objective: what to minimise (names: states, outputs or ``"a*b"`` products of them).
+        state_bounds: soft bounds per state, at every RK4 sub-step (the largest violation in an
+            interval costs ``penalty`` per unit).
+        input_bounds: hard bounds per input (override the model's).
+        substeps: RK4 sub-steps per interval.
+        penalty: L1 weight of a state-bound violation (objective units per state unit).
+        cost_scale: the objective is multiplied by this inside the solver (order 1 helps Ipopt).
+        max_iter: Ipopt iteration limit.
+        tol: Ipopt tolerance.
+    """
+
+    intervals: int = 28
+    objective: Objective = field(default_factory=Objective)
+    state_bounds: Mapping[str, Bounds] = field(default_factory=_empty_bounds)
+    input_bounds: Mapping[str, Bounds] = field(default_factory=_empty_bounds)
+    substeps: int = 24
+    penalty: float = 1.0e2
+    cost_scale: float = 1.0
+    max_iter: int = 500
+    tol: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if self.intervals < 1 or self.substeps < 1 or self.max_iter < 1:
+            raise ScenarioError("optimizer: intervals, substeps and max_iter must be >= 1")
+        if not (self.penalty > 0 and self.tol > 0):
+            raise ScenarioError("optimizer: penalty and tol must be positive")
+
+
+@dataclass(frozen=True)
+class BatchSolution:
+    """A solved whole-batch problem.
+
+    Attributes:
+        t: interval start times (model time units, from the solve's start), length N+1 (last: the end).
+        u: inputs per interval (N, nu).
+        x: predicted states at the interval boundaries (N+1, nx).
+        objective: the objective value (including any penalty of violated soft bounds).
+        status: ``"ok"`` or Ipopt's return status.
+        iterations: Ipopt iterations.
+        compute_s: wall time of the solve.
+    """
+
+    t: FloatArray
+    u: FloatArray
+    x: FloatArray
+    objective: float
+    status: str
+    iterations: int
+    compute_s: float
+
+
+def signal_expr(spec: ModelSpec, name: str, x: ca.SX, u: ca.SX, p: ca.SX) -> ca.SX:
+    """A state, output or ``"a*b"`` product of two of them as an expression of ``(x, u, p)``."""
+    if "*" in name:
+        a, b = name.split("*", 1)
+        return signal_expr(spec, a, x, u, p) * signal_expr(spec, b, x, u, p)
+    if name in spec.states:
+        return x[spec.states.index(name)]
+    return spec.h(x, u, p)[spec.outputs.index(name)]
+
+
+def check_signal(spec: ModelSpec, name: str, key: str) -> None:
+    """Raise ScenarioError unless ``name`` is a state, output or product of two of them."""
+    known = set(spec.states) | set(spec.outputs)
+    parts = name.split("*")
+    if len(parts) > 2 or any(part not in known for part in parts):
+        raise ScenarioError(f"{key}: model {spec.name!r} has no signal {name!r} (a state, output or 'a*b')")
+
+
+class BatchOcp:
+    """The frozen whole-batch problem for one model. Solve with :meth:`solve`."""
+
+    def __init__(self, spec: ModelSpec, config: BatchOcpConfig, scale: FloatArray | None = None) -> None:
+        """Build the frozen solver.
+
+        Args:
+            spec: the model.
+            config: the problem.
+            scale: typical magnitude of each state (decision variables are scaled by it); default: the
+                model's initial state, at least 1.
+
+        Raises:
+            ScenarioError: an objective or bound names no signal of the model.
+        """
+        for part in ("stage", "terminal"):
+            for name in getattr(config.objective, part):
+                check_signal(spec, name, f"objective.{part}.{name}")
+        for name in config.state_bounds:
+            if name not in spec.states:
+                raise ScenarioError(f"bounds.{name}: model {spec.name!r} has no such state")
+        self.spec = spec
+        self.config = config
+        n, nx, nu = config.intervals, spec.nx, spec.nu
+        x0_model = np.array(spec.vector("states", spec.x0))
+        self.scale = np.maximum(np.abs(x0_model), 1.0) if scale is None else np.asarray(scale, dtype=float)
+
+        x_init = ca.SX.sym("x_init", nx)
+        p = ca.SX.sym("p", spec.np)
+        dt = ca.SX.sym("dt")
+        u_prev = ca.SX.sym("u_prev", nu)
+        # RK4 with dt as a symbol: the interval length is a run-time parameter (the horizon shrinks).
+        xs_, us_, ps_ = ca.SX.sym("x", nx), ca.SX.sym("u", nu), ca.SX.sym("p", spec.np)
+        h = dt / config.substeps
+        bounded = [(i, name) for i, name in enumerate(spec.states) if name in config.state_bounds]
+        xk = xs_
+        sub_points = []
+        for _ in range(config.substeps):
+            k1 = spec.f(xk, us_, ps_)
+            k2 = spec.f(xk + h / 2 * k1, us_, ps_)
+            k3 = spec.f(xk + h / 2 * k2, us_, ps_)
+            k4 = spec.f(xk + h * k3, us_, ps_)
+            xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            sub_points.append(ca.vertcat(*(xk[i] for i, _ in bounded)))
+        step = ca.Function("F", [xs_, us_, ps_, dt], [xk])
+        # The bounded states at every RK4 sub-step: bounds hold along the path, not only at the interval
+        # ends (a daily grid would otherwise let glucose dip to starvation between two nodes).
+        path = ca.Function("path", [xs_, us_, ps_, dt], [ca.horzcat(*sub_points) if bounded else ca.SX(0, 1)])
+        sc = ca.DM(self.scale)
+        zs = [ca.SX.sym(f"z{k}", nx) for k in range(n + 1)]  # scaled states
+        us = [ca.SX.sym(f"u{k}", nu) for k in range(n)]
+        slo = [ca.SX.sym(f"slo{k}", len(bounded)) for k in range(n)]  # slacks of nodes 1..N
+        shi = [ca.SX.sym(f"shi{k}", len(bounded)) for k in range(n)]
+        xs = [sc * z for z in zs]
+        w: list[ca.SX] = []
+        g: list[ca.SX] = [(x_init - xs[0]) / sc]
+        lbg: list[float] = [0.0] * nx
+        ubg: list[float] = [0.0] * nx
+        cost = ca.SX(0)
+        du_w = ca.DM([config.objective.delta_u.get(name, 0.0) for name in spec.inputs])
+        last_u = u_prev
+        zero_u = ca.SX.zeros(nu)
+        for k in range(n):
+            w += [zs[k], us[k]]
+            for name, weight in config.objective.stage.items():
+                # Stage weights are per model time unit: a rectangle rule over the interval.
+                cost += dt * weight * signal_expr(spec, name, xs[k], us[k], p)
+            cost += ca.dot(du_w, (us[k] - last_u) ** 2)
+            last_u = us[k]
+            g.append((step(xs[k], us[k], p, dt) - xs[k + 1]) / sc)
+            lbg += [0.0] * nx
+            ubg += [0.0] * nx
+            if bounded:
+                w += [slo[k], shi[k]]
+                points = path(xs[k], us[k], p, dt)
+                for j, (i, name) in enumerate(bounded):
+                    lo, hi = config.state_bounds[name]
+                    s = float(self.scale[i])
+                    cost += config.penalty * s * (slo[k][j] + shi[k][j])
+                    for m in range(config.substeps):
+                        # lo - slo <= x <= hi + shi, slacks >= 0 and paid for: exact penalty.
+                        g.append((points[j, m] + slo[k][j] * s) / s)
+                        lbg.append(lo / s if math.isfinite(lo) else -math.inf)
+                        ubg.append(math.inf)
+                        g.append((points[j, m] - shi[k][j] * s) / s)
+                        lbg.append(-math.inf)
+                        ubg.append(hi / s if math.isfinite(hi) else math.inf)
+        w.append(zs[n])
+        for name, weight in config.objective.terminal.items():
+            cost += weight * signal_expr(spec, name, xs[n], zero_u, p)
+
+        ub = [config.input_bounds.get(nm, spec.input_bounds[nm]) for nm in spec.inputs]
+        lbw: list[float] = []
+        ubw: list[float] = []
+        # The model's physical bounds (concentrations >= 0, the vessel) are hard on nodes 1..N; x_0 is
+        # pinned by the equality to the estimate, which may lie a hair outside them.
+        phys = [spec.state_bounds.get(nm, (-math.inf, math.inf)) for nm in spec.states]
+        for k in range(n + 1):
+            lbw += [-math.inf if k == 0 else lo / s for (lo, _), s in zip(phys, self.scale, strict=True)]
+            ubw += [math.inf if k == 0 else hi / s for (_, hi), s in zip(phys, self.scale, strict=True)]
+            if k < n:
+                lbw += [lo for lo, _ in ub]
+                ubw += [hi for _, hi in ub]
+                lbw += [0.0] * 2 * len(bounded)
+                ubw += [math.inf] * 2 * len(bounded)
+        self._lbw, self._ubw = np.array(lbw), np.array(ubw)
+        self._lbg, self._ubg = np.array(lbg), np.array(ubg)
+        self._nb = len(bounded)
+        self._stride = nx + nu + 2 * len(bounded)
+        params = ca.vertcat(x_init, p, dt, u_prev)
+        nlp = {"x": ca.vertcat(*w), "p": params, "f": config.cost_scale * cost, "g": ca.vertcat(*g)}
+        ipopt: dict[str, Any] = {"print_level": 0, "sb": "yes", "max_iter": config.max_iter, "tol": config.tol}
+        opts: dict[str, Any] = {"expand": True, "print_time": False, "ipopt": ipopt}
+        self._solver = ca.nlpsol("batch_ocp", "ipopt", nlp, opts)
+        # Re-solves from the previous primal-dual solution (the next hour's problem is close to this
+        # one): start with a small barrier and keep the iterate near the previous active set.
+        warm: dict[str, Any] = {
+            **ipopt,
+            "warm_start_init_point": "yes",
+            "warm_start_bound_push": 1e-9,
+            "warm_start_bound_frac": 1e-9,
+            "warm_start_slack_bound_frac": 1e-9,
+            "warm_start_slack_bound_push": 1e-9,
+            "warm_start_mult_bound_push": 1e-9,
+            "mu_init": 1e-6,
+        }
+        self._warm_solver = ca.nlpsol("batch_ocp_warm", "ipopt", nlp, {**opts, "ipopt": warm})
+        self._lam_x = np.zeros(len(lbw))
+        self._lam_g = np.zeros(len(lbg))
+        self._step = step
+        self._ub = np.array(ub)
+        self._w0: FloatArray | None = None
+        self.last_u = np.tile(self._ub.mean(axis=1), (n, 1))
+
+    def rollout(self, x0: FloatArray, u: FloatArray, p: FloatArray, dt: float) -> FloatArray:
+        """States at the interval boundaries under inputs ``u`` (N, nu), with this problem's RK4."""
+        out = [np.asarray(x0, dtype=float)]
+        for uk in u:
+            out.append(np.asarray(self._step(out[-1], uk, p, dt), dtype=float).ravel())
+        return np.array(out)
+
+    def _guess(self, x0: FloatArray, p: FloatArray, dt: float, u: FloatArray) -> FloatArray:
+        xs = self.rollout(x0, u, p, dt)
+        if not np.all(np.isfinite(xs)):
+            xs = np.tile(x0, (len(u) + 1, 1))
+        parts = []
+        for k in range(len(u)):
+            parts += [xs[k] / self.scale, u[k], np.zeros(2 * self._nb)]
+        parts.append(xs[-1] / self.scale)
+        return np.concatenate(parts)
+
+    def solve(
+        self,
+        x0: FloatArray,
+        p: FloatArray,
+        duration: float,
+        u_guess: FloatArray | None = None,
+        u_prev: FloatArray | None = None,
+    ) -> BatchSolution:
+        """Optimise the inputs over ``duration`` model time units from state ``x0``.
+
+        Args:
+            x0: initial state.
+            p: parameters.
+            duration: time to the end of the batch (model units, > 0).
+            u_guess: initial guess of the inputs (N, nu); default: the previous solution's inputs, or the
+                middle of each input's range.
+            u_prev: the input before the first interval (for the move penalty); default: the guess's first.
+        """
+        start = time.perf_counter()
+        n, nx, nu = self.config.intervals, self.spec.nx, self.spec.nu
+        dt = duration / n
+        x0 = np.asarray(x0, dtype=float)
+        warm = u_guess is None and self._w0 is not None
+        if u_guess is None:
+            u_guess = self.last_u
+        u_guess = np.clip(np.asarray(u_guess, dtype=float), self._ub[:, 0], self._ub[:, 1])
+        up = u_guess[0] if u_prev is None else np.asarray(u_prev, dtype=float)
+        args = {"lbx": self._lbw, "ubx": self._ubw, "lbg": self._lbg, "ubg": self._ubg}
+        pv = np.concatenate([x0, p, [dt], up])
+        if warm:
+            assert self._w0 is not None
+            w0 = self._w0.copy()
+            w0[:nx] = x0 / self.scale
+            res = self._warm_solver(x0=w0, lam_x0=self._lam_x, lam_g0=self._lam_g, p=pv, **args)
+            stats = self._warm_solver.stats()
+            if stats["return_status"] not in _OK:  # fall back to a cold start from the rollout
+                warm = False
+        if not warm:
+            res = self._solver(x0=self._guess(x0, p, dt, u_guess), p=pv, **args)
+            stats = self._solver.stats()
+        status = "ok" if stats["return_status"] in _OK else str(stats["return_status"])
+        sol = np.asarray(res["x"], dtype=float).ravel()
+        if status == "ok":
+            self._lam_x = np.asarray(res["lam_x"], dtype=float).ravel()
+            self._lam_g = np.asarray(res["lam_g"], dtype=float).ravel()
+        s = self._stride
+        u = np.array([sol[k * s + nx : k * s + nx + nu] for k in range(n)])
+        u = np.clip(u, self._ub[:, 0], self._ub[:, 1])
+        x = np.array([sol[k * s : k * s + nx] for k in range(n)] + [sol[-nx:]]) * self.scale
+        if status == "ok":
+            self._w0 = sol
+            self.last_u = u
+        return BatchSolution(
+            t=np.arange(n + 1, dtype=np.float64) * dt,
+            u=u,
+            x=x,
+            objective=float(res["f"]) / self.config.cost_scale,
+            status=status,
+            iterations=int(stats.get("iter_count", 0)),
+            compute_s=time.perf_counter() - start,
+        )
+
+
+__all__ = ["BatchOcp", "BatchOcpConfig", "BatchSolution", "check_signal", "signal_expr"]
