@@ -368,3 +368,24 @@ def test_a_restored_nmpc_decides_exactly_as_the_original(tmp_path: Path) -> None
     *_, cold = new_parts(scenario)
     uc = cold.step(plant.time_s, ea.x, ea.p).u
     assert abs(float(uc[0]) - float(ua[0])) > 0.0  # a cold start does not (so the restore is what matters)
+
+
+def test_a_batch_against_a_real_time_plant_is_recorded_with_full_durability(tmp_path: Path) -> None:
+    from hil.launch import spawn_plant_server
+
+    text = scenario_text(5).replace("period_s = 3600.0", "period_s = 0.1").replace("budget_s = 1.0", "budget_s = 0.1")
+    scenario = tmp_path / "rt.toml"
+    scenario.write_text(text)
+    with spawn_plant_server("fedbatch_haldane", clock="realtime", extra_args=["--watchdog", "0"]) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "hil.cli", "run", str(scenario), "--plant", server.command,
+             "--out", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    with open_readonly(tmp_path / "run" / RECORD_FILE) as conn:
+        durability, hello = conn.execute("SELECT durability, plant_hello FROM run").fetchone()
+        acks = conn.execute("SELECT COUNT(*) FROM setpoints WHERE state = 'applied'").fetchone()[0]
+    assert durability == "full" and json.loads(hello)["clock"] == "realtime"
+    assert acks == 5
+    assert verify_record(tmp_path / "run" / RECORD_FILE).ok
