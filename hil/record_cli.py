@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 __all__ = ["add_batch_run_options", "add_record_parsers", "cmd_run"]
 
 EXIT_BROKEN = 1
+#: A plant `bioimp run` starts itself stops after this long without a request (a killed run's plant).
+OWN_PLANT_IDLE_EXIT_S = 600.0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     scenario.model,
                     x0=dict(scenario.plant.x0),
                     params=dict(scenario.plant.params),
-                    extra_args=(*tolerances, *plant_of),
+                    # It must outlive a killed controller for --resume, but not forever.
+                    extra_args=(*tolerances, *plant_of, "--idle-exit", repr(OWN_PLANT_IDLE_EXIT_S)),
                 )
                 process = stack.enter_context(server)
                 endpoint, telemetry = process.command, process.telemetry

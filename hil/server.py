@@ -71,6 +71,9 @@ class ServerOptions:
         server_key: CURVE secret key file of the server; None serves without CURVE.
         allow_dir: folder of the client public keys admitted (required with ``server_key``).
         insecure: allow binding a non-local endpoint without keys (logged, and reported in ``hello``).
+        idle_exit_s: stop after this long without any request; None (the default) never stops. For a
+            simulated plant whose controller may die: it must outlive the controller long enough for a
+            resume, but not forever.
     """
 
     command: str = "tcp://127.0.0.1:*"
@@ -81,12 +84,15 @@ class ServerOptions:
     server_key: Path | None = None
     allow_dir: Path | None = None
     insecure: bool = False
+    idle_exit_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.clock not in ("virtual", "realtime"):
             raise ScenarioError(f"clock must be 'virtual' or 'realtime', not {self.clock!r}")
         if not (math.isfinite(self.sample_period_s) and self.sample_period_s > 0):
             raise ScenarioError(f"--sample-period must be a positive number of seconds, not {self.sample_period_s}")
+        if self.idle_exit_s is not None and not (math.isfinite(self.idle_exit_s) and self.idle_exit_s > 0):
+            raise ScenarioError(f"--idle-exit must be a positive number of seconds, not {self.idle_exit_s}")
         if self.watchdog_s is not None and not (math.isfinite(self.watchdog_s) and self.watchdog_s > 0):
             raise ScenarioError(f"--watchdog must be a positive number of seconds, not {self.watchdog_s}")
         if (self.server_key is None) != (self.allow_dir is None):
@@ -157,9 +163,12 @@ class PlantServer:
         *,
         sample_period_s: float = 1.0,
         keys: ServerKeys | None = None,
+        idle_exit_s: float | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         """Bind both sockets (as CURVE servers when ``keys`` are given).
+
+        ``idle_exit_s``: :meth:`run` returns after this long without any request (None: never).
 
         With keys, a ZAP authenticator must run on ``context`` (see :func:`hil.security.start_authenticator`);
         without one every connection is refused.
@@ -169,6 +178,7 @@ class PlantServer:
         """
         self.handler = handler
         self.sample_period_s = sample_period_s
+        self.idle_exit_s = idle_exit_s
         ctx = context if context is not None else zmq.Context.instance()
         self._router: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
         self._pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
@@ -208,7 +218,11 @@ class PlantServer:
             if realtime:
                 self.handler.advance_to(plant0 + (time.monotonic() - wall0))
 
+        last_request = time.monotonic()
         while not self._stop.is_set():
+            if self.idle_exit_s is not None and time.monotonic() - last_request > self.idle_exit_s:
+                log.warning("no request for %g s: stopping (--idle-exit)", self.idle_exit_s)
+                break
             timeout_s = _POLL_S
             if realtime:
                 timeout_s = min(timeout_s, max(0.0, next_sample - time.monotonic()))
@@ -223,6 +237,7 @@ class PlantServer:
                         break
                     sync()
                     self._serve(frames)
+                    last_request = time.monotonic()
             # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
             # so that a feed that arrived during the wait counts.
             self._publish(self.handler.check_watchdog())
@@ -287,6 +302,7 @@ def serve_backend(backend: PlantBackend, options: ServerOptions, *, prog: str, o
             options.telemetry,
             sample_period_s=options.sample_period_s,
             keys=keys,
+            idle_exit_s=options.idle_exit_s,
             context=context,
         )
     except zmq.ZMQError as exc:
@@ -405,6 +421,7 @@ def add_server_options(parser: argparse.ArgumentParser, *, clock: bool) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="allow a network endpoint without keys (logged, reported in hello)"
     )
+    parser.add_argument("--idle-exit", metavar="SECONDS", help="stop after this long without any request")
 
 
 def server_options_from_args(args: argparse.Namespace, clock: ClockKind | None = None) -> ServerOptions:
@@ -423,6 +440,7 @@ def server_options_from_args(args: argparse.Namespace, clock: ClockKind | None =
         server_key=None if args.server_key is None else Path(args.server_key),
         allow_dir=None if args.allow is None else Path(args.allow),
         insecure=args.insecure,
+        idle_exit_s=None if args.idle_exit is None else _parse_float(args.idle_exit, "--idle-exit"),
     )
 
 

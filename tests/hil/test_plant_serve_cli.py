@@ -6,6 +6,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import zmq
@@ -75,6 +76,7 @@ def _bound_endpoint() -> tuple[zmq.Socket[bytes], str]:
         (["--model", "fedbatch_haldane", "--sample-period", "0"], "--sample-period must be a positive number"),
         (["--model", "fedbatch_haldane", "--watchdog", "-1"], "--watchdog must be a positive number"),
         (["--model", "fedbatch_haldane", "--watchdog", "nan"], "--watchdog must be a positive number"),
+        (["--model", "fedbatch_haldane", "--idle-exit", "0"], "--idle-exit must be a positive number"),
         (["--model", "fedbatch_haldane", "--command", "tcp://0.0.0.0:*"], "binding a network endpoint"),
         (["--model", "fedbatch_haldane", "--telemetry", "tcp://*:*"], "--telemetry tcp://*:*: binding a network"),
         (["--model", "fedbatch_haldane", "--server-key", "x.key_secret"], "--server-key and --allow go together"),
@@ -117,3 +119,13 @@ def test_spawn_skips_stdout_lines_before_ready() -> None:
 def test_spawn_times_out_and_stops_a_server_that_is_not_ready_in_time() -> None:
     with pytest.raises(PlantTimeout, match="not ready"), spawn_plant_server("fedbatch_haldane", ready_timeout_s=0.001):
         pytest.fail("must not be reached")
+
+
+def test_idle_exit_stops_a_plant_nobody_talks_to() -> None:
+    with spawn_plant_server("fedbatch_haldane", extra_args=["--idle-exit", "0.5"]) as server:
+        with ZmqPlant(server.command) as plant:
+            for _ in range(4):  # requests every 0.3 s keep it alive past its 0.5 s idle limit
+                plant.hello()
+                time.sleep(0.3)
+                assert server.process.poll() is None
+        assert server.process.wait(timeout=3.0) == 0  # then it stops by itself, cleanly
