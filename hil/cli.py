@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hil.record_cli import add_batch_run_options, add_record_parsers
     from hil.server import add_plant_serve_parser
     from hil.study_cli import add_study_parsers
+    from hil.sweep_cli import add_sweep_parser
 
     parser = argparse.ArgumentParser(prog="bioimp", description="Digital-twin control loop for bioreactors.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_record_parsers(sub)
     add_gateway_parser(sub)
     add_emulate_parser(sub)
+    add_sweep_parser(sub)  # bioimp sweep (hil/sweep_cli.py)
     add_study_parsers(sub)  # bioimp optimize, bioimp compare (hil/study_cli.py)
     return parser
 

@@ -1,0 +1,162 @@
+"""A sweep expanded into cases: each case is a complete scenario text, so it is a pure function of the sweep.
+
+Settings come from the grid (every combination, in the order the keys are written) or from a random
+search (drawn from the sweep's seed). Plant ``j`` gets the seed ``SeedSequence([seed, j])`` for every
+setting — common random numbers: settings are compared on the same plants, so a difference between
+settings is the controller's, not the draw's. The plant's true parameters, process and sensor noise
+follow from that seed (:mod:`twin.plant_setup`); its initial state is drawn here (stream 7 of the seed,
+separate from the plant's own streams 0-2) and written into the case's scenario.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from plant_models.errors import ScenarioError
+from twin.scenario import parse_scenario
+from twin.sweep.config import RandomRange, SweepConfig, Value
+
+__all__ = ["Case", "expand_cases", "plant_seed", "setting_label", "settings_of"]
+
+_X0_STREAM = 7
+
+
+@dataclass(frozen=True)
+class Case:
+    """One closed-loop batch of a sweep.
+
+    Attributes:
+        key: sha256 of the case's scenario text (what identifies a finished case on resume).
+        setting_index: index of the setting in the sweep's order.
+        setting: the setting's label (``controller.horizon=10, objective.delta_u.inp=0.1``).
+        settings: varied key -> value.
+        plant: index of the Monte Carlo plant (0 .. plants-1).
+        seed: the plant's seed.
+        scenario_text: the complete scenario of this case (TOML).
+    """
+
+    key: str
+    setting_index: int
+    setting: str
+    settings: Mapping[str, Value]
+    plant: int
+    seed: int
+    scenario_text: str
+
+
+def plant_seed(sweep_seed: int, plant: int) -> int:
+    """The seed of Monte Carlo plant ``plant`` (the same for every setting)."""
+    return int(np.random.SeedSequence([sweep_seed, plant]).generate_state(1, dtype=np.uint32)[0])
+
+
+def setting_label(settings: Mapping[str, Value]) -> str:
+    """``key=value, ...`` in the sweep's key order (``nominal`` when nothing is varied)."""
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "nominal"
+
+
+def _draw(rng: np.random.Generator, spec: Value | RandomRange | tuple[Value, ...]) -> Value:
+    if isinstance(spec, RandomRange):
+        if spec.integer:
+            return int(rng.integers(int(spec.low), int(spec.high) + 1))
+        if spec.log:
+            return float(math.exp(rng.uniform(math.log(spec.low), math.log(spec.high))))
+        return float(rng.uniform(spec.low, spec.high))
+    assert isinstance(spec, tuple)
+    return spec[int(rng.integers(len(spec)))]
+
+
+def settings_of(config: SweepConfig) -> list[dict[str, Value]]:
+    """The sweep's settings in order: the grid's combinations, or the random search's draws."""
+    if config.search == "grid":
+        lists = [v for v in config.vary.values() if isinstance(v, tuple)]
+        return [dict(zip(config.vary, combo, strict=True)) for combo in itertools.product(*lists)]
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 1]))
+    return [{k: _draw(rng, v) for k, v in config.vary.items()} for _ in range(config.trials)]
+
+
+def _set(data: MutableMapping[str, Any], dotted: str, value: Any, origin: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for i, part in enumerate(parents):
+        child = node.setdefault(part, {})
+        if not isinstance(child, MutableMapping):
+            raise ScenarioError(f'{origin}."{dotted}": {".".join(parents[: i + 1])} is not a table in the scenario')
+        node = child
+    node[leaf] = value
+
+
+def _case_data(config: SweepConfig, base: Mapping[str, Any], settings: Mapping[str, Value], seed: int) -> dict:
+    data = copy.deepcopy(dict(base))
+    for key, value in config.override.items():
+        _set(data, key, value, "override")
+    for key, value in settings.items():
+        _set(data, key, value, "vary")
+    unc = config.uncertainty
+    plant = data.setdefault("plant", {})
+    if not isinstance(plant, MutableMapping):
+        raise ScenarioError("scenario: [plant] is not a table")
+    plant["seed"] = seed
+    plant["uncertainty"] = dict(unc.params) if isinstance(unc.params, Mapping) else unc.params
+    if unc.process_noise:
+        plant["process_noise"] = dict(unc.process_noise)
+    if unc.sensors is not None:
+        plant["sensors"] = copy.deepcopy(dict(unc.sensors))
+    if unc.x0:
+        rng = np.random.default_rng([seed, _X0_STREAM])
+        x0 = dict(plant.get("x0", {}))
+        for name in sorted(unc.x0):  # sorted: the draw does not depend on the file's key order
+            centre = x0.get(name)
+            if centre is None:
+                raise ScenarioError(f"uncertainty.x0.{name}: the base scenario's [plant] x0 does not set {name}")
+            x0[name] = float(centre) * (1.0 + unc.x0[name] * rng.uniform(-1.0, 1.0))
+        plant["x0"] = x0
+    # Compute budgets would make results depend on the machine's load (a late step falls back): a
+    # sweep records compute times but does not enforce the budget (docs/sweeps.md).
+    controller = data.get("controller")
+    if isinstance(controller, MutableMapping):
+        controller.pop("budget_s", None)
+    return data
+
+
+def expand_cases(config: SweepConfig) -> list[Case]:
+    """All cases of the sweep: settings × plants, every setting validated as a scenario.
+
+    Raises:
+        ScenarioError: a setting or override makes an invalid scenario (the message names the setting
+            and the scenario key), or the base scenario is invalid.
+    """
+    try:
+        base = tomllib.loads(config.scenario_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"scenario: {config.scenario_path}: invalid TOML: {exc}") from None
+    cases = []
+    for index, settings in enumerate(settings_of(config)):
+        label = setting_label(settings)
+        for plant in range(config.plants):
+            seed = plant_seed(config.seed, plant)
+            text = tomli_w.dumps(_case_data(config, base, settings, seed))
+            if plant == 0:  # one validation per setting: the plants differ only in seed and x0
+                where = f"vary: {label}" if settings else "override"
+                try:
+                    parse_scenario(text, "<case>")
+                except ScenarioError as exc:
+                    raise ScenarioError(f"{where}: {exc}") from None
+            key = hashlib.sha256(text.encode()).hexdigest()
+            cases.append(Case(key, index, label, settings, plant, seed, text))
+    return cases
+
+
+def canonical(settings: Mapping[str, Value]) -> str:
+    """The settings as canonical JSON (a column of the results table)."""
+    return json.dumps(dict(settings), sort_keys=True)

@@ -1,0 +1,222 @@
+"""Run one case of a sweep in this process: scenario text in, one results row out.
+
+A case runs the closed loop against its own simulated plant through :class:`hil.inprocess.InProcessPlant`
+(the protocol's semantics, no sockets) on a virtual clock. The result depends only on the case's
+scenario text; compute times (and the wall time) are the only columns that depend on the machine.
+
+Solvers are expensive to build (symbolic work, code generation) and cheap to run, so each worker
+process (each thread, for Dask workers with several threads) keeps the controllers it built, keyed by
+every scenario section the controller depends on, and reuses them for later cases with the same key.
+Before a reused controller runs a case it is put back into the state it had when it was built (its
+warm start — plan, multipliers, last input — dropped), so a reused controller decides exactly as a new
+one would (tests/twin/test_sweep.py checks it bit for bit).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+import tomllib
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from controllers.interfaces import Controller
+from hil.handler import ProtocolHandler
+from hil.inprocess import InProcessPlant
+from plant_models.spec import ModelSpec
+from twin.clock import VirtualClock
+from twin.estimator_config import build_estimator
+from twin.kpis import summary, trajectory
+from twin.loop import run_loop
+from twin.plant_setup import build_plant
+from twin.record import MemoryRecord
+from twin.runner import build_controller, twin_params
+from twin.scenario import Scenario, parse_scenario
+from twin.simulator import SimulatorConfig
+from twin.sweep.cases import Case, canonical
+from twin.sweep.config import KpiConfig
+
+__all__ = ["TIMING_COLUMNS", "controller_key", "reset_cache", "run_case"]
+
+#: Columns that depend on the machine and its load, not on the case (left out of determinism checks).
+TIMING_COLUMNS = ("compute_ms_p50", "compute_ms_p90", "compute_ms_p99", "compute_ms_max", "over_budget_steps", "wall_s")
+
+# Scenario sections a controller is built from (the plant, the loop's length and the estimator are not).
+_CONTROLLER_SECTIONS = ("model", "twin", "objective", "bounds", "controller", "cascade")
+
+
+class _Cache(threading.local):
+    """Per-thread: built controllers with their pristine state, and resolved models."""
+
+    def __init__(self) -> None:
+        self.controllers: dict[str, tuple[Controller, dict[str, Any]]] = {}
+        self.specs: dict[str, ModelSpec] = {}
+        self.builds = 0
+
+
+_CACHE = _Cache()
+
+
+def reset_cache() -> None:
+    """Forget this thread's controllers (tests; a worker keeps them for its life)."""
+    _CACHE.controllers.clear()
+    _CACHE.specs.clear()
+    _CACHE.builds = 0
+
+
+def controller_builds() -> int:
+    """How many controllers this thread has built (a reused controller is not counted again)."""
+    return _CACHE.builds
+
+
+def controller_key(scenario_text: str) -> str:
+    """Hash of everything in a scenario a controller is built from (the sample period included)."""
+    data = tomllib.loads(scenario_text)
+    parts = {k: data.get(k) for k in _CONTROLLER_SECTIONS}
+    parts["period_s"] = data.get("loop", {}).get("period_s")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _pristine(controller: object) -> dict[str, Any]:
+    """The controller's mutable state right after building: arrays, scalars and ``None`` attributes."""
+    simple = (np.ndarray, int, float, str, bool, type(None))
+    return {k: copy.deepcopy(v) for k, v in vars(controller).items() if isinstance(v, simple)}
+
+
+def _reset(controller: object, pristine: Mapping[str, Any]) -> None:
+    """Back to the pristine state; attributes created since (lazy warm-start state) are dropped."""
+    state = vars(controller)
+    simple = (np.ndarray, int, float, str, bool, type(None))
+    for name in [k for k, v in state.items() if k not in pristine and isinstance(v, simple)]:
+        del state[name]
+    for name, value in pristine.items():
+        state[name] = copy.deepcopy(value)
+
+
+def _controller(scenario: Scenario, spec: ModelSpec, p: np.ndarray) -> Controller:
+    key = controller_key(scenario.source)
+    cached = _CACHE.controllers.get(key)
+    if cached is None:
+        controller = build_controller(scenario, spec, p)
+        _CACHE.builds += 1
+        cached = (controller, _pristine(controller))
+        _CACHE.controllers[key] = cached
+    controller, pristine = cached
+    _reset(controller, pristine)
+    return controller
+
+
+def _spec(scenario: Scenario) -> ModelSpec:
+    spec = _CACHE.specs.get(scenario.model)
+    if spec is None:
+        spec = _CACHE.specs[scenario.model] = scenario.spec()
+    return spec
+
+
+def _final(names: list[str], spec: ModelSpec, final: np.ndarray, objective: float) -> float:
+    value = 1.0
+    for name in names:
+        value *= objective if name == "objective" else float(final[spec.states.index(name)])
+    return value
+
+
+def _violations(scenario: Scenario, spec: ModelSpec, truth: np.ndarray, atol: float) -> dict[str, Any]:
+    """Per bounded state: the largest amount the true state left its bound, and the steps it was out."""
+    out: dict[str, Any] = {}
+    steps_out = np.zeros(len(truth), dtype=bool)
+    for name, (lo, hi) in scenario.controller.mpc.state_bounds.items():
+        col = truth[:, spec.states.index(name)]
+        amount = np.maximum(lo - col, col - hi)
+        out[f"violation_{name}"] = max(0.0, float(np.max(amount)))
+        steps_out |= amount > atol
+    out["violation_steps"] = int(np.sum(steps_out))
+    out["violated"] = bool(steps_out.any())
+    return out
+
+
+def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
+    scenario = parse_scenario(case.scenario_text, f"<case {case.key[:12]}>")
+    spec = _spec(scenario)
+    pl = scenario.plant
+    sim = build_plant(
+        spec,
+        params=pl.params,
+        x0=pl.x0,
+        sim_config=SimulatorConfig(rtol=pl.rtol, atol=pl.atol),
+        mismatch=pl.mismatch,
+        sensors=pl.sensors,
+    )
+    p = twin_params(spec, scenario)
+    controller = _controller(scenario, spec, p)
+    plant = InProcessPlant(ProtocolHandler(sim))
+    truth = [sim.true_state.copy()]
+
+    def advance(dt_s: float) -> Any:  # the true state after every period: violations are judged on it
+        reply = plant.advance(dt_s)
+        truth.append(sim.true_state.copy())
+        return reply
+
+    record = MemoryRecord()
+    loop = run_loop(
+        spec=spec,
+        plant=plant,
+        estimator=build_estimator(spec, p, scenario.estimator, pl.sensors),
+        controller=controller,
+        clock=VirtualClock(advance, scenario.loop.period_s),
+        recorder=record,
+        steps=scenario.loop.steps,
+        period_s=scenario.loop.period_s,
+        budget_s=None,
+    )
+    kpis = summary(spec, scenario.controller.mpc, record, trajectory(spec, record), loop, controller.name, p)
+    true_x = np.array(truth)
+    objective = float(kpis["objective"])  # type: ignore[arg-type]
+    row: dict[str, Any] = {
+        "kpi": _final(kpi.main.split("*"), spec, true_x[-1], objective),
+        "objective": objective,
+        **{f"final_{n}": float(v) for n, v in zip(spec.states, true_x[-1], strict=True)},
+        **_violations(scenario, spec, true_x, kpi.violation_atol),
+        "measured_violation_max": float(kpis["constraint_violation_max"]),  # type: ignore[arg-type]
+        "fallbacks": loop.fallbacks,
+        "refused_writes": loop.refused_writes,
+    }
+    compute_ms = np.array([c.compute_s for _, _, c in record.controls]) * 1e3
+    row |= {f"compute_ms_p{q}": float(np.percentile(compute_ms, q)) for q in (50, 90, 99)}
+    row["compute_ms_max"] = float(np.max(compute_ms))
+    budget = tomllib.loads(case.scenario_text).get("controller", {}).get("budget_s")
+    row["over_budget_steps"] = int(np.sum(compute_ms > budget * 1e3)) if budget else 0
+    return row
+
+
+def run_case(case: Case, kpi: KpiConfig) -> dict[str, Any]:
+    """Run one case; never raises for the case's own failure (the row says ``status = "error"``).
+
+    Returns:
+        the results row: the case's identity (key, setting, settings, plant, seed), ``status``
+        (``ok`` / ``error``), ``error`` (one line, empty when ok), the KPIs and the compute times.
+    """
+    start = time.perf_counter()
+    row: dict[str, Any] = {
+        "case_key": case.key,
+        "setting_index": case.setting_index,
+        "setting": case.setting,
+        "settings": canonical(case.settings),
+        **{f"set:{k}": v for k, v in case.settings.items()},
+        "plant": case.plant,
+        "seed": case.seed,
+    }
+    try:
+        row |= _run(case, kpi)
+        row |= {"status": "ok", "error": ""}
+    except Exception as exc:  # a failing case is a result of the sweep, not the end of it
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f" ({last.filename.rsplit('/', 1)[-1]}:{last.lineno})" if last else ""
+        row |= {"status": "error", "error": f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")}
+    row["wall_s"] = time.perf_counter() - start
+    return row
