@@ -43,6 +43,10 @@ BUDGETS: dict[str, Budget] = {
     "record_write_share_of_loop": Budget(
         0.10, "ratio", "time spent writing the batch record / the closed loop's time (Haldane NMPC, issue 6)"
     ),
+    "ekf_update_p99_ms": Budget(
+        200.0, "ms", "CHO EKF update (7 states + 5 parameters), well inside the 1-min online sampling period"
+    ),
+    "mhe_update_p99_ms": Budget(2000.0, "ms", "CHO MHE update (30-update window), inside the 1-h control period"),
     "zmq_write_roundtrip_p99_ms": Budget(
         1.0, "ms", "write round trip to a plant server in another process over loopback TCP (issue 5)"
     ),
