@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,20 @@ from twin.sweep.summary import pareto_front
 __all__ = ["plot_distribution", "plot_pareto"]
 
 
+def _short(settings_json: str, index: int) -> str:
+    """``#3`` over one ``leaf=value`` line per varied key (the last part of each dotted key)."""
+    settings = json.loads(settings_json)
+    return "\n".join(
+        [
+            f"#{index}",
+            *(
+                f"{k.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                for k, v in settings.items()
+            ),
+        ]
+    )
+
+
 def plot_distribution(path: Path, cases: pa.Table, summary: pa.Table, kpi_name: str) -> None:
     """Box plot of the main KPI per setting, every Monte Carlo plant as a dot (violating ones red)."""
     rows = [r for r in cases.to_pylist() if r["status"] == "ok"]
@@ -26,7 +41,9 @@ def plot_distribution(path: Path, cases: pa.Table, summary: pa.Table, kpi_name: 
         for r in rows:
             if r["setting_index"] == s["setting_index"]:
                 ax.plot(pos, r["kpi"], "o", ms=3, color="tab:red" if r["violated"] else "tab:blue", alpha=0.7)
-    ax.set_xticks(range(1, len(settings) + 1), [s["setting"].replace(", ", "\n") for s in settings], fontsize=7)
+    ax.set_xticks(
+        range(1, len(settings) + 1), [_short(s["settings"], s["setting_index"]) for s in settings], fontsize=7
+    )
     ax.set_ylabel(kpi_name)
     ax.set_title(f"{kpi_name} per setting (box P5-P95; red: a bound violated)")
     fig.tight_layout()

@@ -1,0 +1,270 @@
+"""bioimp sweep: strict sweep files, identical results whatever runs the cases, failures recorded, resume.
+
+Short batches (10 hourly steps of the Haldane fed-batch) keep the whole file within about a minute and
+a half on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from hil.cli import main
+from plant_models.errors import ScenarioError
+from twin.scenario import DEFAULT_SCENARIO
+from twin.sweep.cases import Case, expand_cases
+from twin.sweep.config import KpiConfig, SweepConfig, parse_sweep
+from twin.sweep.execute import LocalPoolRunner
+from twin.sweep.run import run_sweep
+from twin.sweep.worker import TIMING_COLUMNS, controller_builds, reset_cache, run_case
+
+REPO = Path(__file__).resolve().parents[2]
+
+# 3 settings x 2 horizons x 4 plants = 24 cases; plants differ in parameters and initial state.
+SWEEP = f"""
+scenario = "{DEFAULT_SCENARIO}"
+seed = 11
+plants = 4
+[override]
+"loop.steps" = {{steps}}
+[vary]
+"controller.horizon" = [5, 10]
+"objective.delta_u.inp" = [0.1, 1.0, 10.0]
+[uncertainty]
+params = {{{{ mu_m = 0.15, K_i = 0.2, Y_x = 0.1 }}}}
+x0 = {{{{ X_s = 0.2, S_s = 0.3 }}}}
+[kpi]
+main = "P_s*V_s"
+direction = "max"
+violation_atol = 0.001
+"""
+
+
+def _sweep(steps: int = 10) -> SweepConfig:
+    return parse_sweep(SWEEP.format(steps=steps), REPO, "<test>", "test")
+
+
+def _write(tmp_path: Path, steps: int = 10) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(SWEEP.format(steps=steps))
+    return path
+
+
+def _deterministic(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows without the columns that measure the machine (compute and wall times)."""
+    keep = [c for c in table.column_names if c not in TIMING_COLUMNS]
+    return table.select(keep).to_pylist()
+
+
+class InlineRunner:
+    """Runs the cases in this process, one after the other (a CaseRunner for tests)."""
+
+    def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[tuple[Case, dict[str, Any] | BaseException]]:
+        for case in cases:
+            yield case, run_case(case, kpi)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> InlineRunner:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        pass
+
+
+# --- the sweep file ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s + "colour = 1\n", "colour: unknown key"),
+        (lambda s: s.replace("seed = 11", "seed = -1"), "seed: must be >= 0"),
+        (lambda s: s.replace("plants = 4", "plants = 'four'"), "plants: expected an integer"),
+        (lambda s: s.replace("[5, 10]", "5"), 'vary."controller.horizon": expected a list of values'),
+        (lambda s: s.replace("[5, 10]", "[]"), 'vary."controller.horizon": expected at least one value'),
+        (
+            lambda s: s.replace("[5, 10]", "[5, 0]"),
+            "vary: controller.horizon=0, objective.delta_u.inp=0.1: controller.horizon: must be >= 1, got 0",
+        ),
+        (lambda s: s.replace('"controller.horizon"', '"controller.horizn"'), "controller.horizn: unknown key"),
+        (lambda s: s.replace('"controller.horizon"', '"model"'), 'vary."model": a sweep may not change'),
+        (lambda s: s + '[search]\nkind = "optuna"\n', "search.kind: unknown search 'optuna'"),
+        (lambda s: s + '[search]\nkind = "random"\n', "search.trials: required key is missing"),
+        (lambda s: s + "[search]\ntrials = 3\n", "search.trials: only a random search has trials"),
+        (lambda s: s.replace("mu_m = 0.15", "mu_max = 0.15"), "plant.uncertainty.mu_max: unknown name"),
+        (lambda s: s.replace("X_s = 0.2", "X_s = 1.5"), "uncertainty.x0.X_s: must be in [0, 1)"),
+        (lambda s: s.replace('direction = "max"', 'direction = "up"'), 'kpi.direction: expected "max" or "min"'),
+        (lambda s: s.replace('"loop.steps"', '"controller.horizon"'), 'override."controller.horizon": also in'),
+        (lambda s: s.replace("[vary]", "[vary"), "invalid TOML"),
+    ],
+)
+def test_config_error_is_one_line_naming_the_key(edit: Any, message: str) -> None:
+    text = edit(SWEEP.format(steps=10))
+    with pytest.raises(ScenarioError) as info:
+        expand_cases(parse_sweep(text, REPO, "<test>"))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(SWEEP.format(steps=10).replace("plants = 4", "plants = 0"))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plants: must be >= 1, got 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_random_search_draws_from_the_seed() -> None:
+    text = SWEEP.format(steps=10).replace("[5, 10]", "{ low = 4, high = 12, integer = true }")
+    text = text.replace("[0.1, 1.0, 10.0]", "{ low = 0.01, high = 100.0, log = true }")
+    text += '[search]\nkind = "random"\ntrials = 5\n'
+    first, again = (expand_cases(parse_sweep(text, REPO)) for _ in range(2))
+    assert len(first) == 5 * 4
+    assert [c.key for c in first] == [c.key for c in again]
+    for case in first:
+        assert 4 <= case.settings["controller.horizon"] <= 12
+        assert 0.01 <= case.settings["objective.delta_u.inp"] <= 100.0
+    assert len({c.setting for c in first}) == 5
+
+
+def test_plants_are_shared_by_settings_and_differ_from_each_other() -> None:
+    cases = expand_cases(_sweep())
+    assert len(cases) == 24
+    seeds = [[c.seed for c in cases if c.setting_index == s] for s in range(6)]
+    assert all(s == seeds[0] for s in seeds) and len(set(seeds[0])) == 4
+    assert len({c.key for c in cases}) == 24
+
+
+# --- determinism --------------------------------------------------------------------------------------
+
+
+def test_reused_controller_decides_as_a_new_one() -> None:
+    config = _sweep()
+    cases = expand_cases(config)[:8]  # settings 0 and 1: two controllers, four plants each
+    reset_cache()
+    reused = [run_case(c, config.kpi) for c in cases]
+    assert controller_builds() == 2
+    fresh = []
+    for case in cases:
+        reset_cache()
+        fresh.append(run_case(case, config.kpi))
+    for a, b in zip(reused, fresh, strict=True):
+        assert a["status"] == b["status"] == "ok"
+        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == {
+            k: v for k, v in b.items() if k not in TIMING_COLUMNS
+        }
+
+
+def test_pool_and_dask_cluster_give_identical_tables(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    config = _sweep()
+    inline = run_sweep(config, tmp_path / "inline", InlineRunner())
+    with LocalPoolRunner(2) as pool:
+        local = run_sweep(config, tmp_path / "pool", pool)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        # Through the command line, as a user would point it at a cluster's scheduler.
+        argv = [
+            "sweep",
+            str(_write(tmp_path)),
+            "--scheduler",
+            cluster.scheduler_address,
+            "--out",
+            str(tmp_path / "dask"),
+        ]
+        assert main(argv) == 0
+    dask = pq.read_table(tmp_path / "dask" / "cases.parquet")
+    assert inline.cases.num_rows == local.cases.num_rows == dask.num_rows == 24
+    assert set(inline.cases.column("status").to_pylist()) == {"ok"}
+    assert _deterministic(local.cases) == _deterministic(inline.cases)
+    assert _deterministic(dask) == _deterministic(inline.cases)
+    # Rows are in setting and plant order, whatever order they finished in.
+    order = list(zip(dask.column("setting_index").to_pylist(), dask.column("plant").to_pylist(), strict=True))
+    assert order == sorted(order)
+
+
+# --- failures, summary, resume ------------------------------------------------------------------------
+
+
+def test_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    # A vessel of 1e-300 L passes validation (its derivative is finite) but the run fails numerically.
+    text = SWEEP.format(steps=10).replace('"controller.horizon" = [5, 10]', '"plant.x0.V_s" = [120.0, 1e-300]')
+    text = text.replace("x0 = { X_s = 0.2, S_s = 0.3 }", "").replace("[0.1, 1.0, 10.0]", "[1.0]")
+    result = run_sweep(parse_sweep(text, REPO), tmp_path, InlineRunner())
+    rows = result.cases.to_pylist()
+    assert len(rows) == 8 and result.failed == 4
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] * 4
+    for row in rows[4:]:
+        assert row["error"] and "\n" not in row["error"] and row["kpi"] is None
+    summary = result.summary.to_pylist()
+    assert (summary[1]["ok"], summary[1]["errors"], summary[1]["kpi_mean"]) == (0, 4, None)
+    assert summary[0]["ok"] == 4
+
+
+def test_summary_recomputed_from_the_table(tmp_path: Path) -> None:
+    run_sweep(_sweep(), tmp_path, InlineRunner())
+    cases = pq.read_table(tmp_path / "cases.parquet").to_pylist()
+    summary = pacsv.read_csv(tmp_path / "summary.csv").to_pylist()
+    assert len(summary) == 6
+    for row in summary:
+        mine = [c for c in cases if c["setting_index"] == row["setting_index"]]
+        kpi = np.array([c["kpi"] for c in mine])
+        assert row["cases"] == len(mine) == 4
+        np.testing.assert_allclose(row["kpi_mean"], kpi.mean(), rtol=1e-12)
+        np.testing.assert_allclose(row["kpi_p5"], np.percentile(kpi, 5), rtol=1e-12)
+        np.testing.assert_allclose(row["kpi_p95"], np.percentile(kpi, 95), rtol=1e-12)
+        assert row["violation_probability"] == pytest.approx(np.mean([c["violated"] for c in mine]), abs=1e-15)
+        # the harvested product is what the KPI says it is: true final P_s times V_s
+        np.testing.assert_allclose(kpi, [c["final_P_s"] * c["final_V_s"] for c in mine], rtol=1e-12)
+    for name in ("kpi_distribution.png", "pareto.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_killed_sweep_resumes_with_only_the_missing_cases(tmp_path: Path) -> None:
+    sweep = _write(tmp_path, steps=40)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hil.cli", "sweep", str(sweep), "--workers", "2", "--out", str(out)]
+    # Own session: SIGKILL reaches the sweep and its worker processes (nothing is cleaned up).
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((out / "cases").glob("*.json"))) < 6:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the sweep did not finish 6 cases in 120 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*.json")}
+    assert 6 <= len(before) < 24, "kill the sweep halfway: some cases must be left"
+    for path in (out / "cases").glob("*.json"):
+        json.loads(path.read_text())  # every recorded case is whole
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=240, check=True)
+    assert f"({24 - len(before)} run now, {len(before)} already done, 0 failed, 0 lost)" in done.stdout
+    assert "\x1b" not in done.stdout  # no progress bar drawn into a pipe
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "cases").glob("*.json")}
+    assert {k: after[k] for k in before} == before  # finished cases were not run again
+    table = pq.read_table(out / "cases.parquet")
+    keys = table.column("case_key").to_pylist()
+    assert table.num_rows == 24 and len(set(keys)) == 24
+    assert set(keys) == {c.key for c in expand_cases(_sweep(steps=40))}
+    assert not list(out.glob("**/*.tmp"))
