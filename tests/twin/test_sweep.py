@@ -268,3 +268,36 @@ def test_killed_sweep_resumes_with_only_the_missing_cases(tmp_path: Path) -> Non
     assert table.num_rows == 24 and len(set(keys)) == 24
     assert set(keys) == {c.key for c in expand_cases(_sweep(steps=40))}
     assert not list(out.glob("**/*.tmp"))
+
+
+def test_ctrl_c_leaves_a_consistent_directory(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hil.cli", "sweep", str(_write(tmp_path, steps=40)), "--workers", "2"]
+    proc = subprocess.Popen(
+        [*argv, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((out / "cases").glob("*.json"))) < 3:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the sweep did not finish 3 cases in 120 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130
+    assert b"sweep interrupted" in err and err.count(b"\n") == 1
+    keys = {p.stem for p in (out / "cases").glob("*.json")}
+    assert 3 <= len(keys) < 24
+    table = pq.read_table(out / "cases.parquet")
+    assert set(table.column("case_key").to_pylist()) == keys
+    assert not list(out.glob("**/*.tmp"))
+
+
+def test_unreachable_scheduler_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", str(_write(tmp_path)), "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scheduler: cannot connect to tcp://127.0.0.1:9" in err

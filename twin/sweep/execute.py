@@ -100,7 +100,7 @@ class DaskRunner:
         from plant_models.errors import ScenarioError
 
         try:
-            self._client = Client(address, timeout="10s")
+            self._client = Client(address, timeout="5s")
         except OSError as exc:
             raise ScenarioError(f"--scheduler: cannot connect to {address}: {exc}") from None
         self.address = address
