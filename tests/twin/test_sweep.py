@@ -25,7 +25,7 @@ import pytest
 
 from hil.cli import main
 from plant_models.errors import ScenarioError
-from twin.scenario import DEFAULT_SCENARIO
+from twin.scenario import DEFAULT_SCENARIO, parse_scenario
 from twin.sweep.cases import Case, expand_cases
 from twin.sweep.config import KpiConfig, SweepConfig, parse_sweep
 from twin.sweep.execute import LocalPoolRunner
@@ -112,6 +112,9 @@ class InlineRunner:
         (lambda s: s.replace('direction = "max"', 'direction = "up"'), 'kpi.direction: expected "max" or "min"'),
         (lambda s: s.replace('"loop.steps"', '"controller.horizon"'), 'override."controller.horizon": also in'),
         (lambda s: s.replace("[vary]", "[vary"), "invalid TOML"),
+        (lambda s: s.replace('"P_s*V_s"', '"P_x*V_s"'), "kpi.main: 'P_x' is not a state of model"),
+        (lambda s: s + 'constraints = ["V_s"]\n', "kpi.constraints: 'V_s' has no bounds in the scenario"),
+        (lambda s: s.replace("[5, 10]", "[5, [10]]"), "controller.horizon: expected an integer, got [10]"),
     ],
 )
 def test_config_error_is_one_line_naming_the_key(edit: Any, message: str) -> None:
@@ -150,6 +153,13 @@ def test_plants_are_shared_by_settings_and_differ_from_each_other() -> None:
     seeds = [[c.seed for c in cases if c.setting_index == s] for s in range(6)]
     assert all(s == seeds[0] for s in seeds) and len(set(seeds[0])) == 4
     assert len({c.key for c in cases}) == 24
+
+
+def test_a_bound_is_a_setting() -> None:
+    text = SWEEP.format(steps=10).replace('"controller.horizon" = [5, 10]', '"bounds.X_s" = [[0.0, 3.7], [0.0, 3.5]]')
+    cases = expand_cases(parse_sweep(text, REPO))
+    assert cases[-1].setting == "bounds.X_s=[0.0, 3.5], objective.delta_u.inp=10.0"
+    assert parse_scenario(cases[-1].scenario_text).controller.mpc.state_bounds["X_s"] == (0.0, 3.5)
 
 
 # --- determinism --------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import tomllib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import tomli_w
 
 from plant_models.errors import ScenarioError
-from twin.scenario import parse_scenario
+from twin.scenario import Scenario, parse_scenario
 from twin.sweep.config import RandomRange, SweepConfig, Value
 
 __all__ = ["Case", "expand_cases", "plant_seed", "setting_label", "settings_of"]
@@ -129,6 +129,26 @@ def _case_data(config: SweepConfig, base: Mapping[str, Any], settings: Mapping[s
     return data
 
 
+def bounded_states(scenario: Scenario, states: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """State name -> (lo, hi): the scenario's ``[cascade.bounds]`` on the plant's ``states``, overridden by
+    its ``[bounds]``."""
+    cascade = dict(scenario.cascade.state_bounds) if scenario.cascade is not None else {}
+    merged = {**cascade, **scenario.controller.mpc.state_bounds}
+    return {k: v for k, v in merged.items() if k in states}
+
+
+def _check_kpi(config: SweepConfig, scenario: Scenario) -> None:
+    states = scenario.spec().states
+    for name in config.kpi.main.split("*"):
+        if name != "objective" and name not in states:
+            raise ScenarioError(f"kpi.main: {name!r} is not a state of model {scenario.model!r} nor objective")
+    bounded = bounded_states(scenario, states)
+    for name in config.kpi.constraints:
+        if name not in bounded:
+            known = ", ".join(bounded) or "none"
+            raise ScenarioError(f"kpi.constraints: {name!r} has no bounds in the scenario (bounded: {known})")
+
+
 def expand_cases(config: SweepConfig) -> list[Case]:
     """All cases of the sweep: settings × plants, every setting validated as a scenario.
 
@@ -149,9 +169,10 @@ def expand_cases(config: SweepConfig) -> list[Case]:
             if plant == 0:  # one validation per setting: the plants differ only in seed and x0
                 where = f"vary: {label}" if settings else "override"
                 try:
-                    parse_scenario(text, "<case>")
+                    scenario = parse_scenario(text, "<case>")
                 except ScenarioError as exc:
                     raise ScenarioError(f"{where}: {exc}") from None
+                _check_kpi(config, scenario)
             key = hashlib.sha256(text.encode()).hexdigest()
             cases.append(Case(key, index, label, settings, plant, seed, text))
     return cases

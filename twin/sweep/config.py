@@ -24,8 +24,9 @@ __all__ = ["KpiConfig", "RandomRange", "SweepConfig", "UncertaintyConfig", "load
 
 SEARCH_KINDS = ("grid", "random")
 
-#: A scenario value a sweep may set: TOML scalars (tables are set key by key with dotted paths).
-Value = bool | int | float | str
+#: A scenario value a sweep may set: a TOML scalar or a list of them (``[min, max]`` bounds); tables
+#: are set key by key with dotted paths.
+Value = bool | int | float | str | list[Any]
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,14 @@ class KpiConfig:
         direction: ``"max"`` or ``"min"``: which way is better (the Pareto front and ``best``).
         violation_atol: a true state may leave its bound by this much (model units) before the case
             counts as violating (solver tolerances).
+        constraints: the bounded states whose violation makes a case count as violating (all the
+            scenario's ``[bounds]`` and ``[cascade.bounds]`` states when empty).
     """
 
     main: str = "objective"
     direction: str = "min"
     violation_atol: float = 1e-6
+    constraints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class SweepConfig:
 
 
 def _value(key: str, value: Any) -> Value:
+    if isinstance(value, list):
+        return [_value(f"{key}[{i}]", v) for i, v in enumerate(value)]
     if isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
@@ -198,8 +204,11 @@ def _kpi(table: _Table) -> KpiConfig:
     atol = table.number("violation_atol", 1e-6)
     if atol < 0:
         raise ScenarioError(f"{table.key('violation_atol')}: must be >= 0, got {atol}")
+    raw = table._raw("constraints", [])
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise ScenarioError(f"{table.key('constraints')}: expected a list of state names, got {raw!r}")
     table.finish()
-    return KpiConfig("*".join(p.strip() for p in parts), direction, atol)
+    return KpiConfig("*".join(p.strip() for p in parts), direction, atol, tuple(raw))
 
 
 def parse_sweep(text: str, base_dir: Path, origin: str = "<sweep>", name: str = "sweep") -> SweepConfig:

@@ -21,7 +21,6 @@ import threading
 import time
 import tomllib
 import traceback
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -39,13 +38,16 @@ from twin.record import MemoryRecord
 from twin.runner import build_controller, twin_params
 from twin.scenario import Scenario, parse_scenario
 from twin.simulator import SimulatorConfig
-from twin.sweep.cases import Case, canonical
+from twin.sweep.cases import Case, bounded_states, canonical
 from twin.sweep.config import KpiConfig
 
 __all__ = ["TIMING_COLUMNS", "controller_key", "reset_cache", "run_case"]
 
 #: Columns that depend on the machine and its load, not on the case (left out of determinism checks).
 TIMING_COLUMNS = ("compute_ms_p50", "compute_ms_p90", "compute_ms_p99", "compute_ms_max", "over_budget_steps", "wall_s")
+
+#: A controller's objects, each with the plain-data attributes it had when it was built.
+Pristine = list[tuple[object, dict[str, Any]]]
 
 # Scenario sections a controller is built from (the plant, the loop's length and the estimator are not).
 _CONTROLLER_SECTIONS = ("model", "twin", "objective", "bounds", "controller", "cascade")
@@ -55,7 +57,7 @@ class _Cache(threading.local):
     """Per-thread: built controllers with their pristine state, and resolved models."""
 
     def __init__(self) -> None:
-        self.controllers: dict[str, tuple[Controller, dict[str, Any]]] = {}
+        self.controllers: dict[str, tuple[Controller, Pristine]] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.builds = 0
 
@@ -83,20 +85,54 @@ def controller_key(scenario_text: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _pristine(controller: object) -> dict[str, Any]:
-    """The controller's mutable state right after building: arrays, scalars and ``None`` attributes."""
-    simple = (np.ndarray, int, float, str, bool, type(None))
-    return {k: copy.deepcopy(v) for k, v in vars(controller).items() if isinstance(v, simple)}
+_SIMPLE = (np.ndarray, int, float, str, bool, type(None))
+# Objects whose attributes are reset: ours (a cascade holds a planner and a PID, each with its own state).
+_OWN_MODULES = ("controllers.", "twin.")
 
 
-def _reset(controller: object, pristine: Mapping[str, Any]) -> None:
-    """Back to the pristine state; attributes created since (lazy warm-start state) are dropped."""
-    state = vars(controller)
-    simple = (np.ndarray, int, float, str, bool, type(None))
-    for name in [k for k, v in state.items() if k not in pristine and isinstance(v, simple)]:
-        del state[name]
-    for name, value in pristine.items():
-        state[name] = copy.deepcopy(value)
+def _is_state(value: object) -> bool:
+    """Plain data: arrays, scalars, None, or containers of them (a warm start, an integrator, a history)."""
+    if isinstance(value, _SIMPLE):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_is_state(v) for v in value)
+    if isinstance(value, dict):
+        return all(_is_state(v) for v in value.values())
+    return False
+
+
+def _owned(value: object) -> bool:
+    return type(value).__module__.startswith(_OWN_MODULES) and hasattr(value, "__dict__")
+
+
+def _objects(root: object) -> list[object]:
+    """``root`` and every object of ours reachable through attributes (and lists, tuples, dicts of them)."""
+    seen: dict[int, object] = {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen[id(obj)] = obj
+        for value in vars(obj).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+            stack.extend(v for v in items if _owned(v))
+    return list(seen.values())
+
+
+def _pristine(controller: object) -> Pristine:
+    """The mutable state of the controller and of every object of ours it holds, right after building."""
+    return [(obj, {k: copy.deepcopy(v) for k, v in vars(obj).items() if _is_state(v)}) for obj in _objects(controller)]
+
+
+def _reset(pristine: Pristine) -> None:
+    """Back to the pristine state; plain-data attributes created since (lazy warm starts) are dropped."""
+    for obj, saved in pristine:
+        state = vars(obj)
+        for name in [k for k, v in state.items() if k not in saved and _is_state(v)]:
+            del state[name]
+        for name, value in saved.items():
+            state[name] = copy.deepcopy(value)
 
 
 def _controller(scenario: Scenario, spec: ModelSpec, p: np.ndarray) -> Controller:
@@ -108,7 +144,7 @@ def _controller(scenario: Scenario, spec: ModelSpec, p: np.ndarray) -> Controlle
         cached = (controller, _pristine(controller))
         _CACHE.controllers[key] = cached
     controller, pristine = cached
-    _reset(controller, pristine)
+    _reset(pristine)
     return controller
 
 
@@ -126,15 +162,17 @@ def _final(names: list[str], spec: ModelSpec, final: np.ndarray, objective: floa
     return value
 
 
-def _violations(scenario: Scenario, spec: ModelSpec, truth: np.ndarray, atol: float) -> dict[str, Any]:
-    """Per bounded state: the largest amount the true state left its bound, and the steps it was out."""
+def _violations(scenario: Scenario, spec: ModelSpec, truth: np.ndarray, kpi: KpiConfig) -> dict[str, Any]:
+    """Per bounded state: the largest amount the true state left its bound; the steps out of any bound
+    that counts (``kpi.constraints``, all when empty), and whether there was one."""
     out: dict[str, Any] = {}
     steps_out = np.zeros(len(truth), dtype=bool)
-    for name, (lo, hi) in scenario.controller.mpc.state_bounds.items():
+    for name, (lo, hi) in bounded_states(scenario, spec.states).items():
         col = truth[:, spec.states.index(name)]
         amount = np.maximum(lo - col, col - hi)
         out[f"violation_{name}"] = max(0.0, float(np.max(amount)))
-        steps_out |= amount > atol
+        if not kpi.constraints or name in kpi.constraints:
+            steps_out |= amount > kpi.violation_atol
     out["violation_steps"] = int(np.sum(steps_out))
     out["violated"] = bool(steps_out.any())
     return out
@@ -181,7 +219,7 @@ def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
         "kpi": _final(kpi.main.split("*"), spec, true_x[-1], objective),
         "objective": objective,
         **{f"final_{n}": float(v) for n, v in zip(spec.states, true_x[-1], strict=True)},
-        **_violations(scenario, spec, true_x, kpi.violation_atol),
+        **_violations(scenario, spec, true_x, kpi),
         "measured_violation_max": float(kpis["constraint_violation_max"]),  # type: ignore[arg-type]
         "fallbacks": loop.fallbacks,
         "refused_writes": loop.refused_writes,
