@@ -26,6 +26,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from twin.sweep.execute import CaseRunner, DaskRunner, LocalPoolRunner, default_workers
     from twin.sweep.run import run_sweep
 
+    if args.best is not None:
+        from twin.sweep.best import choose_best
+
+        if args.sweep is not None:
+            raise ScenarioError("--best: give the results directory only, not a sweep file")
+        print(choose_best(Path(args.best), args.max_risk).describe())
+        return 0
+    if args.sweep is None:
+        raise ScenarioError("sweep: a sweep file is required (or --best DIR)")
     config = load_sweep(args.sweep)
     out = Path(args.out) if args.out else Path("runs") / "sweeps" / config.name
     if args.scheduler is not None and not args.scheduler.startswith(("tcp://", "tls://", "inproc://")):
@@ -51,7 +60,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bioimp sweep``."""
     sweep = sub.add_parser("sweep", help="tuning study: closed-loop batches over settings x Monte Carlo plants")
-    sweep.add_argument("sweep", help="sweep TOML (docs/sweeps.md)")
+    sweep.add_argument("sweep", nargs="?", help="sweep TOML (docs/sweeps.md)")
     where = sweep.add_mutually_exclusive_group()
     where.add_argument("--workers", type=_positive, metavar="N", help="local worker processes (default: cores)")
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the cases on this Dask scheduler")
@@ -59,5 +68,15 @@ def add_sweep_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--out",
         metavar="DIR",
         help="results directory (default: runs/sweeps/<sweep name>); re-running with the same DIR resumes",
+    )
+    sweep.add_argument(
+        "--best", metavar="DIR", help="print the best setting of a finished sweep and write it as DIR/best.toml"
+    )
+    sweep.add_argument(
+        "--max-risk",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="--best: only settings with violation probability <= P (default 0.05)",
     )
     sweep.set_defaults(func=_cmd_sweep)

@@ -230,7 +230,7 @@ def test_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert summary[0]["ok"] == 4
 
 
-def test_summary_recomputed_from_the_table(tmp_path: Path) -> None:
+def test_summary_recomputed_from_the_table_and_best(tmp_path: Path) -> None:
     run_sweep(_sweep(), tmp_path, InlineRunner())
     cases = pq.read_table(tmp_path / "cases.parquet").to_pylist()
     summary = pacsv.read_csv(tmp_path / "summary.csv").to_pylist()
@@ -247,6 +247,14 @@ def test_summary_recomputed_from_the_table(tmp_path: Path) -> None:
         np.testing.assert_allclose(kpi, [c["final_P_s"] * c["final_V_s"] for c in mine], rtol=1e-12)
     for name in ("kpi_distribution.png", "pareto.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+    # --best: the best mean KPI among the settings within the risk, written as a runnable scenario
+    assert main(["sweep", "--best", str(tmp_path), "--max-risk", "1"]) == 0
+    best = max(summary, key=lambda r: r["kpi_mean"])
+    chosen = parse_scenario((tmp_path / "best.toml").read_text())
+    settings = json.loads(best["settings"])
+    assert chosen.controller.mpc.horizon == settings["controller.horizon"]
+    assert chosen.controller.mpc.objective.delta_u["inp"] == settings["objective.delta_u.inp"]
+    assert chosen.loop.steps == 10 and chosen.controller.budget_s == 1.0  # overrides applied, budget kept
 
 
 def test_killed_sweep_resumes_with_only_the_missing_cases(tmp_path: Path) -> None:

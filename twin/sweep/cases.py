@@ -27,7 +27,7 @@ from plant_models.errors import ScenarioError
 from twin.scenario import Scenario, parse_scenario
 from twin.sweep.config import RandomRange, SweepConfig, Value
 
-__all__ = ["Case", "expand_cases", "plant_seed", "setting_label", "settings_of"]
+__all__ = ["Case", "bounded_states", "expand_cases", "plant_seed", "scenario_for", "setting_label", "settings_of"]
 
 _X0_STREAM = 7
 
@@ -147,6 +147,23 @@ def _check_kpi(config: SweepConfig, scenario: Scenario) -> None:
         if name not in bounded:
             known = ", ".join(bounded) or "none"
             raise ScenarioError(f"kpi.constraints: {name!r} has no bounds in the scenario (bounded: {known})")
+
+
+def scenario_for(config: SweepConfig, settings: Mapping[str, Value], name: str) -> str:
+    """The base scenario with the sweep's overrides and ``settings`` applied, as TOML (for ``bioimp run``).
+
+    Unlike a case, its plant is the base scenario's and its compute budget is kept.
+
+    Raises:
+        ScenarioError: the result is not a valid scenario.
+    """
+    data = tomllib.loads(config.scenario_text)
+    data["name"] = name
+    for key, value in {**config.override, **settings}.items():
+        _set(data, key, value, "vary")
+    text = tomli_w.dumps(data)
+    parse_scenario(text, "<best>")
+    return text
 
 
 def expand_cases(config: SweepConfig) -> list[Case]:

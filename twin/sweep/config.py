@@ -211,8 +211,13 @@ def _kpi(table: _Table) -> KpiConfig:
     return KpiConfig("*".join(p.strip() for p in parts), direction, atol, tuple(raw))
 
 
-def parse_sweep(text: str, base_dir: Path, origin: str = "<sweep>", name: str = "sweep") -> SweepConfig:
+def parse_sweep(
+    text: str, base_dir: Path, origin: str = "<sweep>", name: str = "sweep", scenario_text: str | None = None
+) -> SweepConfig:
     """Validate sweep TOML text (the scenario path is relative to ``base_dir``).
+
+    ``scenario_text``, when given, is used instead of reading the scenario file (a results directory
+    keeps its own copy).
 
     Only the file itself is checked here; :func:`twin.sweep.cases.expand_cases` validates every setting
     as a scenario.
@@ -227,10 +232,11 @@ def parse_sweep(text: str, base_dir: Path, origin: str = "<sweep>", name: str = 
     root = _Table(data, "")
     name = root.string("name", name)
     scenario_path = base_dir / root.string("scenario")
-    try:
-        scenario_text = scenario_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"scenario: cannot read {scenario_path}: {exc}") from None
+    if scenario_text is None:
+        try:
+            scenario_text = scenario_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(f"scenario: cannot read {scenario_path}: {exc}") from None
     seed = root.integer("seed", 0, minimum=0)
     plants = root.integer("plants", 1, minimum=1)
     search_t = root.table("search")
