@@ -92,6 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
             result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry))
+            if scenario.plant.sensors is not None:
+                # Instruments, not states: draw estimate, assays and (our own plant only) the replayed truth.
+                from twin.batch_figure import replay_truth, write_batch_figure
+
+                truth = replay_truth(scenario, result.record) if args.plant is None else None
+                write_batch_figure(out / "batch.png", scenario, result.record, truth)
+                print(f"figure    {out}/batch.png")
     summary = result.summary
     ctrl, name, record = summary["controller"], summary["scenario"], summary["record"]
     assert isinstance(ctrl, dict) and isinstance(name, dict) and isinstance(record, dict)

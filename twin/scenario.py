@@ -28,7 +28,11 @@ from twin.estimator_config import EstimatorConfig, parse_estimator
 from twin.plant_setup import PlantMismatch, parse_mismatch
 from twin.sensors import SensorConfig, parse_sensors
 
-DEFAULT_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
+#: The do-mpc fed-batch example (also shipped as scenarios/fedbatch_haldane.toml): fast, no mismatch.
+HALDANE_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
+#: CHO fed-batch with heater, 14 days, mismatch, EKF, two-level control (docs/results.md).
+CHO_SCENARIO = Path(__file__).parent / "scenarios" / "cho_fedbatch.toml"
+DEFAULT_SCENARIO = HALDANE_SCENARIO
 _REQUIRED = object()
 
 

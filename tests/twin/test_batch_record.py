@@ -29,7 +29,7 @@ from twin.record_export import export_record
 from twin.record_read import load_history, open_readonly
 from twin.record_verify import verify_record
 from twin.report import figure_json, render_report
-from twin.scenario import DEFAULT_SCENARIO, parse_scenario
+from twin.scenario import HALDANE_SCENARIO, parse_scenario
 from twin.simulated_plant import SimulatedPlant
 
 SPEC = fedbatch_haldane()
@@ -37,7 +37,7 @@ STEPS = 6
 
 
 def scenario_text(steps: int = STEPS) -> str:
-    text = DEFAULT_SCENARIO.read_text()
+    text = HALDANE_SCENARIO.read_text()
     return text.replace("steps = 150", f"steps = {steps}").replace("horizon = 20", "horizon = 8")
 
 

@@ -25,7 +25,7 @@ from hil.launch import spawn_plant_server
 from hil.plant_log import read_plant_log
 from twin.record_verify import verify_record
 from twin.resume import RESUME_EVENTS
-from twin.scenario import DEFAULT_SCENARIO
+from twin.scenario import HALDANE_SCENARIO
 
 KILLS = int(os.environ.get("BIOIMP_KILL_POINTS", "20"))
 STEPS = max(30, 2 * KILLS)  # room for the kill points (each kill lands up to a step after its target)
@@ -35,7 +35,7 @@ OUTAGE_EVENTS = set(RESUME_EVENTS)
 
 def short_scenario(tmp_path: Path) -> Path:
     text = (
-        DEFAULT_SCENARIO.read_text()
+        HALDANE_SCENARIO.read_text()
         .replace("steps = 150", f"steps = {STEPS}")
         .replace("horizon = 20", "horizon = 10")
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from twin.scenario import DEFAULT_SCENARIO
+from twin.scenario import HALDANE_SCENARIO
 
 DOMPC_FINAL_P = 1.681883
 
@@ -57,7 +57,7 @@ def test_unreachable_plant_endpoint_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_dompc_controller_runs_through_the_same_loop(tmp_path: Path) -> None:
-    text = DEFAULT_SCENARIO.read_text().replace('kind = "nmpc"', 'kind = "do-mpc"').replace("steps = 150", "steps = 5")
+    text = HALDANE_SCENARIO.read_text().replace('kind = "nmpc"', 'kind = "do-mpc"').replace("steps = 150", "steps = 5")
     (tmp_path / "dompc.toml").write_text(text)
     done = bioimp("run", str(tmp_path / "dompc.toml"), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
@@ -80,7 +80,7 @@ def test_dompc_controller_runs_through_the_same_loop(tmp_path: Path) -> None:
 def test_broken_scenario_is_one_line_exit_2_and_writes_nothing(
     tmp_path: Path, old: str, new: str, message: str
 ) -> None:
-    (tmp_path / "bad.toml").write_text(DEFAULT_SCENARIO.read_text().replace(old, new))
+    (tmp_path / "bad.toml").write_text(HALDANE_SCENARIO.read_text().replace(old, new))
     done = bioimp("run", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "run"))
     assert done.returncode == 2
     assert done.stderr.startswith(f"bioimp: error: {message}")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from plant_models import ScenarioError
-from twin.scenario import DEFAULT_SCENARIO, load_scenario, parse_scenario
+from twin.scenario import HALDANE_SCENARIO, load_scenario, parse_scenario
 
 REPO = Path(__file__).parents[2]
-BASE = DEFAULT_SCENARIO.read_text()
+BASE = HALDANE_SCENARIO.read_text()
 
 
 def test_shipped_scenario_is_the_builtin_one() -> None:

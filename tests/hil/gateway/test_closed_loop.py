@@ -26,7 +26,7 @@ from twin.estimation import MeasuredStateEstimator
 from twin.loop import run_loop
 from twin.record import MemoryRecord
 from twin.runner import build_controller, run_scenario, twin_params
-from twin.scenario import DEFAULT_SCENARIO, Scenario, parse_scenario
+from twin.scenario import HALDANE_SCENARIO, Scenario, parse_scenario
 
 from .conftest import example_config
 from .procs import bioimp, free_port
@@ -42,7 +42,7 @@ U_RTOL, U_ATOL = 0.08, 0.001  # L/h
 
 
 def _scenario(x0: dict[str, float] | None = None) -> Scenario:
-    text = DEFAULT_SCENARIO.read_text().replace("steps = 150", f"steps = {STEPS}")
+    text = HALDANE_SCENARIO.read_text().replace("steps = 150", f"steps = {STEPS}")
     if x0 is not None:
         text = text.replace(
             "x0 = { X_s = 1.0, S_s = 0.5, P_s = 0.0, V_s = 120.0 }",

@@ -18,7 +18,7 @@ import pytest
 
 from hil.client import ZmqPlant
 from plant_models.errors import ProtocolError
-from twin.scenario import DEFAULT_SCENARIO
+from twin.scenario import HALDANE_SCENARIO
 
 from .conftest import example_config
 from .procs import REPO, bioimp, free_port
@@ -30,7 +30,7 @@ PUMP, HEATER = 0, 2  # holding registers in examples/gateway/modbus.toml
 
 def test_killed_controller_leaves_the_plc_safe_and_writes_need_arm(tmp_path: Path) -> None:
     scenario = tmp_path / "long.toml"
-    text = DEFAULT_SCENARIO.read_text().replace("steps = 150", "steps = 600")
+    text = HALDANE_SCENARIO.read_text().replace("steps = 150", "steps = 600")
     scenario.write_text(text.replace("period_s = 3600.0 ", "period_s = 0.5 "))
     port = free_port()
     config = example_config(tmp_path, "modbus", port=port)

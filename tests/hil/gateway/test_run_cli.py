@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from twin.scenario import DEFAULT_SCENARIO
+from twin.scenario import HALDANE_SCENARIO
 
 from .procs import REPO, bioimp, free_port
 
@@ -36,7 +36,7 @@ def _run(args: list[str]) -> dict[str, object]:
 @pytest.mark.parametrize("protocol", ["modbus", "opcua"])
 def test_bioimp_run_through_gateway(tmp_path: Path, protocol: str) -> None:
     scenario = tmp_path / "short.toml"
-    text = DEFAULT_SCENARIO.read_text().replace("steps = 150", "steps = 3")
+    text = HALDANE_SCENARIO.read_text().replace("steps = 150", "steps = 3")
     scenario.write_text(text.replace("period_s = 3600.0 ", "period_s = 1.0 "))
     config = tmp_path / "gw.toml"
     emulate = ["emulate", protocol, "--model", "fedbatch_haldane", "--port", str(free_port())]
