@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -319,3 +320,17 @@ def test_unreachable_scheduler_is_one_line_exit_2(tmp_path: Path, capsys: pytest
     assert main(["sweep", str(_write(tmp_path)), "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--scheduler: cannot connect to tcp://127.0.0.1:9" in err
+
+
+def test_budget_is_counted_not_enforced() -> None:
+    config = _sweep()
+    case = expand_cases(config)[0]
+    assert case.budget_s == 1.0 and "budget_s" not in case.scenario_text  # the base scenario's 1 s
+    late = run_case(replace(case, budget_s=1e-9), config.kpi)  # every step is over a 1 ns budget...
+    assert late["over_budget_steps"] == 10
+    on_time = run_case(case, config.kpi)
+    assert on_time["over_budget_steps"] == 0
+    # ...and the controller decides exactly as without a budget
+    assert {k: v for k, v in late.items() if k not in TIMING_COLUMNS} == {
+        k: v for k, v in on_time.items() if k not in TIMING_COLUMNS
+    }

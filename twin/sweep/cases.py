@@ -44,6 +44,7 @@ class Case:
         plant: index of the Monte Carlo plant (0 .. plants-1).
         seed: the plant's seed.
         scenario_text: the complete scenario of this case (TOML).
+        budget_s: the compute budget the scenario gives (not enforced in a sweep: only counted).
     """
 
     key: str
@@ -53,6 +54,7 @@ class Case:
     plant: int
     seed: int
     scenario_text: str
+    budget_s: float | None = None
 
 
 def plant_seed(sweep_seed: int, plant: int) -> int:
@@ -166,6 +168,12 @@ def scenario_for(config: SweepConfig, settings: Mapping[str, Value], name: str) 
     return text
 
 
+def _budget(config: SweepConfig, base: Mapping[str, Any], settings: Mapping[str, Value]) -> float | None:
+    """``controller.budget_s`` of the setting (the base's unless overridden or varied)."""
+    budget = {**config.override, **settings}.get("controller.budget_s", base.get("controller", {}).get("budget_s"))
+    return float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) else None
+
+
 def expand_cases(config: SweepConfig) -> list[Case]:
     """All cases of the sweep: settings × plants, every setting validated as a scenario.
 
@@ -191,7 +199,8 @@ def expand_cases(config: SweepConfig) -> list[Case]:
                     raise ScenarioError(f"{where}: {exc}") from None
                 _check_kpi(config, scenario)
             key = hashlib.sha256(text.encode()).hexdigest()
-            cases.append(Case(key, index, label, settings, plant, seed, text))
+            budget = _budget(config, base, settings)
+            cases.append(Case(key, index, label, settings, plant, seed, text, budget))
     return cases
 
 

@@ -227,8 +227,8 @@ def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
     compute_ms = np.array([c.compute_s for _, _, c in record.controls]) * 1e3
     row |= {f"compute_ms_p{q}": float(np.percentile(compute_ms, q)) for q in (50, 90, 99)}
     row["compute_ms_max"] = float(np.max(compute_ms))
-    budget = tomllib.loads(case.scenario_text).get("controller", {}).get("budget_s")
-    row["over_budget_steps"] = int(np.sum(compute_ms > budget * 1e3)) if budget else 0
+    budget = case.budget_s
+    row["over_budget_steps"] = int(np.sum(compute_ms > budget * 1e3)) if budget is not None else 0
     return row
 
 
