@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench clean test-kill-long
+.PHONY: setup run test lint bench compare clean test-kill-long
 
 # (Re)install whenever pyproject.toml changes. Only python3 with venv is assumed on the machine.
 $(STAMP): pyproject.toml
@@ -18,6 +18,12 @@ setup: $(STAMP)
 # Each run is a new batch with its own record (a batch record is never overwritten): a directory per run.
 run: setup
 	$(BIN)/bioimp run --out runs/fedbatch_haldane-$$(date -u +%Y%m%dT%H%M%SZ)
+
+# The full 14-day comparison on the default CHO scenario (several minutes; docs/results.md): the same
+# plant (seed 7) under the NMPC, the best daily bolus, the open-loop optimum and the oracle.
+compare: setup
+	$(BIN)/bioimp compare twin/scenarios/cho_fedbatch.toml --controllers nmpc,bolus,openloop,oracle \
+		--out runs/compare-$$(date -u +%Y%m%dT%H%M%SZ)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -54,7 +54,9 @@ class BatchOcpConfig:
         substeps: RK4 sub-steps per interval.
         penalty: L1 weight of a state-bound violation (objective units per state unit).
         cost_scale: the objective is multiplied by this inside the solver (order 1 helps Ipopt).
-        max_iter: Ipopt iteration limit.
+        max_iter: Ipopt iteration limit (a cold start).
+        warm_max_iter: iteration limit of a warm-started re-solve; when it is reached the iterate is
+            kept as the next re-solve's start (the work carries over) and the solve reports failure.
         tol: Ipopt tolerance.
     """
 
@@ -66,6 +68,7 @@ class BatchOcpConfig:
     penalty: float = 1.0e2
     cost_scale: float = 1.0
     max_iter: int = 500
+    warm_max_iter: int = 40
     tol: float = 1e-7
 
     def __post_init__(self) -> None:
@@ -241,6 +244,7 @@ class BatchOcp:
             "warm_start_slack_bound_push": 1e-9,
             "warm_start_mult_bound_push": 1e-9,
             "mu_init": 1e-6,
+            "max_iter": config.warm_max_iter,
         }
         self._warm_solver = ca.nlpsol("batch_ocp_warm", "ipopt", nlp, {**opts, "ipopt": warm})
         self._lam_x = np.zeros(len(lbw))
@@ -302,7 +306,12 @@ class BatchOcp:
             w0[:nx] = x0 / self.scale
             res = self._warm_solver(x0=w0, lam_x0=self._lam_x, lam_g0=self._lam_g, p=pv, **args)
             stats = self._warm_solver.stats()
-            if stats["return_status"] not in _OK:  # fall back to a cold start from the rollout
+            if stats["return_status"] == "Maximum_Iterations_Exceeded":
+                # Keep the work: the next re-solve starts from this iterate (its caller keeps its plan).
+                self._w0 = np.asarray(res["x"], dtype=float).ravel()
+                self._lam_x = np.asarray(res["lam_x"], dtype=float).ravel()
+                self._lam_g = np.asarray(res["lam_g"], dtype=float).ravel()
+            elif stats["return_status"] not in _OK:  # fall back to a cold start from the rollout
                 warm = False
         if not warm:
             res = self._solver(x0=self._guess(x0, p, dt, u_guess), p=pv, **args)
