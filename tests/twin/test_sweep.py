@@ -105,9 +105,11 @@ class InlineRunner:
         ),
         (lambda s: s.replace('"controller.horizon"', '"controller.horizn"'), "controller.horizn: unknown key"),
         (lambda s: s.replace('"controller.horizon"', '"model"'), 'vary."model": a sweep may not change'),
-        (lambda s: s + '[search]\nkind = "optuna"\n', "search.kind: unknown search 'optuna'"),
+        (lambda s: s + '[search]\nkind = "bayes"\n', "search.kind: unknown search 'bayes'"),
+        (lambda s: s + '[search]\nkind = "optuna"\n', "search.trials: required key is missing"),
+        (lambda s: s.replace("[5, 10]", "{ low = 5, high = 10 }"), "needs a random or optuna search"),
         (lambda s: s + '[search]\nkind = "random"\n', "search.trials: required key is missing"),
-        (lambda s: s + "[search]\ntrials = 3\n", "search.trials: only a random search has trials"),
+        (lambda s: s + "[search]\ntrials = 3\n", "search.trials: a grid runs every combination"),
         (lambda s: s.replace("mu_m = 0.15", "mu_max = 0.15"), "plant.uncertainty.mu_max: unknown name"),
         (lambda s: s.replace("X_s = 0.2", "X_s = 1.5"), "uncertainty.x0.X_s: must be in [0, 1)"),
         (lambda s: s.replace('direction = "max"', 'direction = "up"'), 'kpi.direction: expected "max" or "min"'),
@@ -334,3 +336,22 @@ def test_budget_is_counted_not_enforced() -> None:
     assert {k: v for k, v in late.items() if k not in TIMING_COLUMNS} == {
         k: v for k, v in on_time.items() if k not in TIMING_COLUMNS
     }
+
+
+def test_optuna_search_is_deterministic_and_resumes(tmp_path: Path) -> None:
+    text = SWEEP.format(steps=10).replace("plants = 4", "plants = 2")
+    text = text.replace("[5, 10]", "{ low = 4, high = 12, integer = true }")
+    text = text.replace("[0.1, 1.0, 10.0]", "{ low = 0.01, high = 100.0, log = true }")
+    config = parse_sweep(text + '[search]\nkind = "optuna"\ntrials = 4\n', REPO)
+    assert expand_cases(config) == []  # settings come trial by trial
+    first = run_sweep(config, tmp_path / "a", InlineRunner())
+    assert first.cases.num_rows == 8 and first.ran == 8 and first.summary.num_rows == 4
+    again = run_sweep(config, tmp_path / "b", InlineRunner())
+    assert _deterministic(again.cases) == _deterministic(first.cases)
+    # A run killed after its second trial: re-running replays trials 0-1 from DIR and runs 2-3.
+    for path in (tmp_path / "b" / "cases").glob("*.json"):
+        if json.loads(path.read_text())["setting_index"] >= 2:
+            path.unlink()
+    resumed = run_sweep(config, tmp_path / "b", InlineRunner())
+    assert (resumed.ran, resumed.skipped) == (4, 4)
+    assert _deterministic(resumed.cases) == _deterministic(first.cases)

@@ -17,7 +17,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,17 @@ from plant_models.errors import ScenarioError
 from twin.scenario import Scenario, parse_scenario
 from twin.sweep.config import RandomRange, SweepConfig, Value
 
-__all__ = ["Case", "bounded_states", "expand_cases", "plant_seed", "scenario_for", "setting_label", "settings_of"]
+__all__ = [
+    "Case",
+    "base_data",
+    "bounded_states",
+    "expand_cases",
+    "plant_seed",
+    "scenario_for",
+    "setting_cases",
+    "setting_label",
+    "settings_of",
+]
 
 _X0_STREAM = 7
 
@@ -174,33 +184,75 @@ def _budget(config: SweepConfig, base: Mapping[str, Any], settings: Mapping[str,
     return float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) else None
 
 
+def base_data(config: SweepConfig) -> dict[str, Any]:
+    """The base scenario as TOML data.
+
+    Raises:
+        ScenarioError: it is not valid TOML.
+    """
+    try:
+        return tomllib.loads(config.scenario_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"scenario: {config.scenario_path}: invalid TOML: {exc}") from None
+
+
+def setting_cases(
+    config: SweepConfig, base: Mapping[str, Any], index: int, settings: Mapping[str, Value]
+) -> list[Case]:
+    """The cases of one setting (one per Monte Carlo plant), the setting validated as a scenario.
+
+    Raises:
+        ScenarioError: the setting or an override makes an invalid scenario (the message names the
+            setting and the scenario key).
+    """
+    label = setting_label(settings)
+    budget = _budget(config, base, settings)
+    cases = []
+    for plant in range(config.plants):
+        seed = plant_seed(config.seed, plant)
+        text = tomli_w.dumps(_case_data(config, base, settings, seed))
+        if plant == 0:  # one validation per setting: the plants differ only in seed and x0
+            where = f"vary: {label}" if settings else "override"
+            try:
+                scenario = parse_scenario(text, "<case>")
+            except ScenarioError as exc:
+                raise ScenarioError(f"{where}: {exc}") from None
+            _check_kpi(config, scenario)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        cases.append(Case(key, index, label, settings, plant, seed, text, budget))
+    return cases
+
+
+def corner_settings(config: SweepConfig) -> list[dict[str, Value]]:
+    """The lowest and the highest setting of every key (what an adaptive search validates up front)."""
+
+    def pick(spec: tuple[Value, ...] | RandomRange, end: int) -> Value:
+        if isinstance(spec, RandomRange):
+            value = spec.low if end == 0 else spec.high
+            return int(value) if spec.integer else value
+        return spec[end]
+
+    return [{k: pick(v, end) for k, v in config.vary.items()} for end in (0, -1)]
+
+
 def expand_cases(config: SweepConfig) -> list[Case]:
-    """All cases of the sweep: settings × plants, every setting validated as a scenario.
+    """All cases of a grid or random sweep: settings × plants, every setting validated as a scenario.
+
+    For an adaptive (optuna) sweep the settings are not known in advance: this validates its corner
+    settings and returns no cases (:mod:`twin.sweep.bayes` makes them trial by trial).
 
     Raises:
         ScenarioError: a setting or override makes an invalid scenario (the message names the setting
             and the scenario key), or the base scenario is invalid.
     """
-    try:
-        base = tomllib.loads(config.scenario_text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"scenario: {config.scenario_path}: invalid TOML: {exc}") from None
+    base = base_data(config)
+    if config.search == "optuna":
+        for settings in corner_settings(config):
+            setting_cases(replace(config, plants=1), base, 0, settings)
+        return []
     cases = []
     for index, settings in enumerate(settings_of(config)):
-        label = setting_label(settings)
-        for plant in range(config.plants):
-            seed = plant_seed(config.seed, plant)
-            text = tomli_w.dumps(_case_data(config, base, settings, seed))
-            if plant == 0:  # one validation per setting: the plants differ only in seed and x0
-                where = f"vary: {label}" if settings else "override"
-                try:
-                    scenario = parse_scenario(text, "<case>")
-                except ScenarioError as exc:
-                    raise ScenarioError(f"{where}: {exc}") from None
-                _check_kpi(config, scenario)
-            key = hashlib.sha256(text.encode()).hexdigest()
-            budget = _budget(config, base, settings)
-            cases.append(Case(key, index, label, settings, plant, seed, text, budget))
+        cases.extend(setting_cases(config, base, index, settings))
     return cases
 
 

@@ -22,7 +22,7 @@ from twin.scenario import _Table
 
 __all__ = ["KpiConfig", "RandomRange", "SweepConfig", "UncertaintyConfig", "load_sweep", "parse_sweep"]
 
-SEARCH_KINDS = ("grid", "random")
+SEARCH_KINDS = ("grid", "random", "optuna")
 
 #: A scenario value a sweep may set: a TOML scalar or a list of them (``[min, max]`` bounds); tables
 #: are set key by key with dotted paths.
@@ -88,8 +88,8 @@ class SweepConfig:
         scenario_text: its text (cases are built from it, so a case is a pure function of the sweep).
         seed: the sweep's seed: plant ``j`` of every setting gets the same seed (common random numbers).
         plants: Monte Carlo plants per setting.
-        search: ``"grid"`` or ``"random"``.
-        trials: number of settings of a random search.
+        search: ``"grid"``, ``"random"`` or ``"optuna"`` (Bayesian: TPE, :mod:`twin.sweep.bayes`).
+        trials: number of settings of a random or optuna search (the trial budget).
         vary: dotted scenario key -> list of values (grid, random choice) or :class:`RandomRange`.
         override: dotted scenario key -> value, applied to every case (e.g. a shorter ``loop.steps``).
         uncertainty: what the plants differ in.
@@ -141,7 +141,7 @@ def _vary(table: _Table, search: str) -> dict[str, tuple[Value, ...] | RandomRan
             if not raw:
                 raise ScenarioError(f"{key}: expected at least one value")
             out[name] = tuple(_value(f"{key}[{i}]", v) for i, v in enumerate(raw))
-        elif isinstance(raw, Mapping) and search == "random":
+        elif isinstance(raw, Mapping) and search != "grid":
             sub = _Table(raw, key)
             low, high = sub.number("low"), sub.number("high")
             log, integer = sub.boolean("log", False), sub.boolean("integer", False)
@@ -154,7 +154,7 @@ def _vary(table: _Table, search: str) -> dict[str, tuple[Value, ...] | RandomRan
                 raise ScenarioError(f"{key}: low and high must be integers with integer = true")
             out[name] = RandomRange(low, high, log, integer)
         elif isinstance(raw, Mapping):
-            raise ScenarioError(f'{key}: a range {{ low, high }} needs search.kind = "random"; a grid takes a list')
+            raise ScenarioError(f"{key}: a range {{ low, high }} needs a random or optuna search; a grid takes a list")
         else:
             raise ScenarioError(f"{key}: expected a list of values, got {raw!r}")
     return out
@@ -242,13 +242,12 @@ def parse_sweep(
     search_t = root.table("search")
     search = search_t.string("kind", "grid")
     if search not in SEARCH_KINDS:
-        hint = " (Bayesian search via optuna is not implemented yet)" if search == "optuna" else ""
-        raise ScenarioError(f"search.kind: unknown search {search!r} (known: {', '.join(SEARCH_KINDS)}){hint}")
+        raise ScenarioError(f"search.kind: unknown search {search!r} (known: {', '.join(SEARCH_KINDS)})")
     trials = search_t.integer("trials", 0 if search == "grid" else None, minimum=1)
-    if search == "random" and trials is None:
-        raise ScenarioError("search.trials: required key is missing (a random search draws this many settings)")
+    if search != "grid" and trials is None:
+        raise ScenarioError(f"search.trials: required key is missing (a {search} search tries this many settings)")
     if search == "grid" and "trials" in search_t.data:
-        raise ScenarioError("search.trials: only a random search has trials (a grid runs every combination)")
+        raise ScenarioError("search.trials: a grid runs every combination; trials are for random and optuna")
     search_t.finish()
     vary = _vary(root.table("vary"), search)
     override_t = root.table("override")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -55,26 +56,41 @@ def run_sweep(
     loses only the cases running at that moment; ``cases.parquet`` is rewritten before it propagates.
     """
     cases, store = prepare(config, out_dir)
+    adaptive = config.search == "optuna"
     done = store.done()
     pending = [c for c in cases if c.key not in done]
-    keys = [c.key for c in cases]
-    progress = progress or SweepProgress(len(cases), len(cases) - len(pending))
-    failed = lost = 0
+    total = config.trials * config.plants if adaptive else len(cases)
+    progress = progress or SweepProgress(total, 0 if adaptive else len(cases) - len(pending))
+    counts = {"failed": 0, "lost": 0, "ran": 0}
+    skipped = len(cases) - len(pending)
+
+    def finished(row: dict[str, Any]) -> None:
+        counts["ran"] += 1
+        counts["failed"] += row["status"] != "ok"
+
+    complete = not adaptive  # an adaptive sweep knows its cases only once its trials are done
     try:
         with progress:
-            for _case, outcome in runner.run(pending, config.kpi):
-                if isinstance(outcome, BaseException):
-                    lost += 1
-                    progress.advance(ok=False)
-                    continue
-                store.add(outcome)
-                failed += outcome["status"] != "ok"
-                progress.advance(ok=outcome["status"] == "ok")
+            if adaptive:
+                from twin.sweep.bayes import run_trials
+
+                cases, skipped = run_trials(config, store, runner, progress, finished)
+                complete = True
+            else:
+                for _case, outcome in runner.run(pending, config.kpi):
+                    if isinstance(outcome, BaseException):
+                        counts["lost"] += 1
+                        progress.advance(ok=False)
+                        continue
+                    store.add(outcome)
+                    finished(outcome)
+                    progress.advance(ok=outcome["status"] == "ok")
     finally:
-        table = store.write_table(keys)
+        table = store.write_table([c.key for c in cases] if complete else None)
     summary = summarize(table)
     write_summary(out_dir / "summary.csv", summary)
     kpi_name = config.kpi.main
     plot_distribution(out_dir / "kpi_distribution.png", table, summary, kpi_name)
     plot_pareto(out_dir / "pareto.png", summary, kpi_name, config.kpi.direction)
-    return SweepResult(table, summary, len(pending) - lost, len(cases) - len(pending), failed, lost)
+    lost = len({c.key for c in cases}) - table.num_rows
+    return SweepResult(table, summary, counts["ran"], skipped, counts["failed"], lost)
