@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from types import TracebackType
@@ -47,9 +48,18 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _ignore_sigint() -> None:
+def _worker_init() -> None:
     # Ctrl-C is the parent's to handle: it cancels what has not started and writes a consistent DIR.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # If the sweep itself is killed (kill -9), its workers go too instead of finishing their case as
+    # orphans (Linux: PR_SET_PDEATHSIG; elsewhere they notice the broken pipe after the case).
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl: do not outlive it
+            os._exit(1)
 
 
 class LocalPoolRunner:
@@ -61,7 +71,7 @@ class LocalPoolRunner:
         """
         self.workers = workers
         self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
     def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[Outcome]:
