@@ -17,6 +17,7 @@ between the controllers ``bioimp compare`` runs: same cascade, same PID, same pl
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,6 +117,29 @@ class CascadeController:
         self._k = 0
         self._slow: SlowDecision | None = None
         self.setpoints: list[tuple[float, float]] = []  # (t_s, temperature setpoint) at each slow decision
+
+    def checkpoint(self) -> dict[str, FloatArray]:
+        """The fast loop's state (period count, PID integral and last measurement) and the planner's,
+        as arrays (``twin.checkpoint``); a resumed run continues the PID and re-plans at once."""
+        y_prev = self.pid._y_prev
+        state = {
+            "k": np.array([float(self._k)]),
+            "pid": np.array([self.pid.integral, np.nan if y_prev is None else y_prev]),
+        }
+        planner_state = getattr(self.planner, "checkpoint", None)
+        if planner_state is not None:
+            state |= {f"planner.{k}": v for k, v in planner_state().items()}
+        return state
+
+    def restore(self, state: Mapping[str, FloatArray]) -> None:
+        """Continue from :meth:`checkpoint`; the planner runs at the next step (its plan is not stored)."""
+        self._k = int(state["k"][0])
+        self.pid.integral = float(state["pid"][0])
+        self.pid._y_prev = None if np.isnan(state["pid"][1]) else float(state["pid"][1])
+        self._slow = None
+        restore = getattr(self.planner, "restore", None)
+        if restore is not None:
+            restore({k.removeprefix("planner."): v for k, v in state.items() if k.startswith("planner.")})
 
     def slow_params(self, p: FloatArray) -> FloatArray:
         """The planner model's parameters: its nominal values, overridden by the plant model's by name."""

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,15 @@ class DailyBolusPlanner:
         self._rate = 0.0
         self._next_assay_k = 0
         self.boluses: list[tuple[float, float]] = []  # (t_s, litres)
+
+    def checkpoint(self) -> dict[str, FloatArray]:
+        """Which assay is next and the bolus in progress (a resumed batch gives no bolus twice)."""
+        return {"bolus": np.array([float(self._next_assay_k), self._until_s, self._rate])}
+
+    def restore(self, state: Mapping[str, FloatArray]) -> None:
+        """Continue from :meth:`checkpoint`."""
+        k, until, rate = (float(v) for v in state["bolus"])
+        self._next_assay_k, self._until_s, self._rate = int(k), until, rate
 
     def plan(self, t_s: float, x: FloatArray, p: FloatArray) -> SlowDecision:
         """Start a bolus when a new assay result is in; pump it over ``bolus_duration_s``."""

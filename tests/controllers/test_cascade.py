@@ -93,3 +93,30 @@ def test_cascade_names_a_missing_signal() -> None:
     bad = CascadeConfig(period_s=60.0, slow_every=1, pid=PidConfig(1.0), heater="Q")
     with pytest.raises(ScenarioError, match=r"^cascade\.heater: model 'cho_fedbatch_thermal' has no input 'Q'$"):
         CascadeController(plant, planner, bad)
+
+
+def test_checkpoint_restores_the_pid_and_the_bolus_schedule() -> None:
+    from twin.checkpoint import restore, snapshot
+
+    slow = cho_fedbatch()
+    plant = cho_fedbatch_thermal()
+    lo, hi = plant.input_bounds["P_heater"]
+    config = CascadeConfig(period_s=PERIOD_S, slow_every=60, pid=PidConfig(20.0, 0.011, 0.0, lo, hi))
+
+    def fresh() -> CascadeController:
+        recipe = BolusRecipe(glucose_target=11.0, delay_s=7200.0)
+        return CascadeController(plant, DailyBolusPlanner(slow, recipe, 1.5, 300.0), config)
+
+    x = np.array(plant.vector("states", {**plant.x0, "Glc": 5.0, "T": 35.0}))
+    p = np.array(plant.vector("params", plant.nominal_params))
+    first = fresh()
+    for k in range(150):  # past the day-0 bolus at 2 h
+        first.step(k * PERIOD_S, x, p)
+    second = fresh()
+    class NoEstimator:
+        pass
+
+    restore(snapshot(NoEstimator(), first), NoEstimator(), second)
+    for k in range(150, 400):
+        a, b = first.step(k * PERIOD_S, x, p), second.step(k * PERIOD_S, x, p)
+        np.testing.assert_allclose(a.u, b.u, rtol=1e-12)  # same heater power, no second day-0 bolus
