@@ -309,8 +309,8 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130
-    assert b"sweep interrupted" in err and err.count(b"\n") == 1
+    assert proc.returncode == 130, err
+    assert b"sweep interrupted" in err and err.count(b"\n") == 1, err
     keys = {p.stem for p in (out / "cases").glob("*.json")}
     assert 3 <= len(keys) < 24
     table = pq.read_table(out / "cases.parquet")

@@ -29,7 +29,7 @@ class CaseStore:
         self.root = root
         self.parts = root / "cases"
         self.parts.mkdir(parents=True, exist_ok=True)
-        for tmp in self.parts.glob("*.tmp"):
+        for tmp in [*self.parts.glob("*.tmp"), *root.glob("*.tmp")]:
             tmp.unlink()
 
     def done(self) -> set[str]:
@@ -40,11 +40,14 @@ class CaseStore:
         """Record one finished case, atomically (a reader sees the whole row or nothing)."""
         path = self.parts / f"{row['case_key']}.json"
         tmp = path.with_suffix(".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            json.dump(row, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                json.dump(row, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:  # interrupted (Ctrl-C) before the rename: the case is not recorded, and leaves no trace
+            tmp.unlink(missing_ok=True)
 
     def rows(self, keys: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The finished rows (of ``keys`` only, when given), ordered by setting and plant."""
@@ -63,6 +66,9 @@ class CaseStore:
             columns |= dict.fromkeys(row)
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
         tmp = self.root / "cases.parquet.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.root / "cases.parquet")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.root / "cases.parquet")
+        finally:
+            tmp.unlink(missing_ok=True)
         return table
