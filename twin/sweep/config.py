@@ -245,7 +245,7 @@ def parse_sweep(
         raise ScenarioError(f"search.kind: unknown search {search!r} (known: {', '.join(SEARCH_KINDS)})")
     trials = search_t.integer("trials", 0 if search == "grid" else None, minimum=1)
     if search != "grid" and trials is None:
-        raise ScenarioError(f"search.trials: required key is missing (a {search} search tries this many settings)")
+        raise ScenarioError(f"search.trials: required key is missing (settings to try: the {search} search's budget)")
     if search == "grid" and "trials" in search_t.data:
         raise ScenarioError("search.trials: a grid runs every combination; trials are for random and optuna")
     search_t.finish()
