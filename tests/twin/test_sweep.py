@@ -355,3 +355,23 @@ def test_optuna_search_is_deterministic_and_resumes(tmp_path: Path) -> None:
     resumed = run_sweep(config, tmp_path / "b", InlineRunner())
     assert (resumed.ran, resumed.skipped) == (4, 4)
     assert _deterministic(resumed.cases) == _deterministic(first.cases)
+
+
+def test_process_noise_and_sensor_noise_follow_the_plant_seed() -> None:
+    text = SWEEP.format(steps=10).replace('"controller.horizon" = [5, 10]', "").replace("[0.1, 1.0, 10.0]", "[1.0]")
+    text = text.replace("plants = 4", "plants = 2").replace("params = { mu_m = 0.15, K_i = 0.2, Y_x = 0.1 }", "")
+    text = text.replace("x0 = { X_s = 0.2, S_s = 0.3 }", "process_noise = { X_s = 0.01 }\n" + SENSORS)
+    config = parse_sweep(text, REPO)
+    cases = expand_cases(config)
+    scenario = parse_scenario(cases[0].scenario_text)
+    assert scenario.plant.mismatch is not None and scenario.plant.mismatch.process_noise == {"X_s": 0.01}
+    assert scenario.plant.sensors is not None and scenario.plant.sensors.online_period_s == 600.0
+    rows = [run_case(c, config.kpi) for c in cases]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[0]["final_X_s"] != rows[1]["final_X_s"]  # different noise on the two plants...
+    assert run_case(cases[1], config.kpi)["final_X_s"] == rows[1]["final_X_s"]  # ...the same on a re-run
+
+
+SENSORS = """sensors = { online_period_s = 600.0, online = { X_s = { measures = "X_s", sigma = 0.01 }, \
+S_s = { measures = "S_s", sigma = 0.001 }, P_s = { measures = "P_s", sigma = 0.01 }, \
+V_s = { measures = "V_s", sigma = 0.1 } } }"""
