@@ -64,6 +64,8 @@ class CascadeConfig:
         pid: gains and limits (limits default to the heater's range).
         holding: feed-forward of the holding power ``UA (T_sp - T_amb)`` from parameters named ``UA``
             and ``T_amb`` of the plant model, when it has them.
+        volume_max: a guard under any planner (a stale plan, a bolus): the feed ``feed`` is cut so that
+            the estimated volume ``volume`` cannot pass this within one period. None: no guard.
     """
 
     period_s: float
@@ -73,6 +75,9 @@ class CascadeConfig:
     measured: str = "T"
     heater: str = "P_heater"
     holding: bool = True
+    volume_max: float | None = None
+    volume: str = "V"
+    feed: str = "F"
 
     def __post_init__(self) -> None:
         if self.slow_every < 1 or not self.period_s > 0:
@@ -114,6 +119,12 @@ class CascadeController:
         params = plant_spec.params
         has_holding = config.holding and "UA" in params and "T_amb" in params
         self._holding = (params.index("UA"), params.index("T_amb")) if has_holding else None
+        self._guard: tuple[int, int] | None = None
+        if config.volume_max is not None:
+            if config.volume not in plant_spec.states or config.feed not in plant_spec.inputs:
+                raise ScenarioError(f"cascade.volume_max: model {plant_spec.name!r} needs state V and input F")
+            self._guard = (plant_spec.states.index(config.volume), plant_spec.inputs.index(config.feed))
+        self._period_h = config.period_s / plant_spec.seconds_per_time_unit
         self._k = 0
         self._slow: SlowDecision | None = None
         self.setpoints: list[tuple[float, float]] = []  # (t_s, temperature setpoint) at each slow decision
@@ -159,6 +170,10 @@ class CascadeController:
         u = np.zeros(self.plant_spec.nu)
         for i, j in self._pass:
             u[i] = slow.u[j]
+        if self._guard is not None and self.config.volume_max is not None:
+            iv, i_f = self._guard
+            room = max(0.0, self.config.volume_max - float(x[iv]))
+            u[i_f] = min(u[i_f], room / self._period_h)
         setpoint = float(slow.u[self._sp_idx])
         ff = 0.0
         if self._holding is not None:

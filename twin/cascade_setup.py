@@ -15,6 +15,7 @@ setpoint = "T"                  # planner input that is the fast loop's setpoint
 measured = "T"                  # plant state the PID measures
 heater = "P_heater"             # plant input the PID drives
 pid = { kp = 20.0, ki = 0.011, kd = 0.0 }   # W/K, W/(K s), W s/K; limits = the heater's range
+volume_max = 1.5                # under every planner: no feed that would take the estimated volume past it
 
 [cascade.objective]             # minimised; names: states, outputs or "a*b" products
 terminal = { "mAb*V" = -1.0 }   # harvested antibody (mg)
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ class CascadeSection:
     penalty: float = 100.0
     cost_scale: float = 1e-3
     max_iter: int = 500
-    extra: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    volume_max: float | None = None
 
     def spec(self) -> ModelSpec:
         """The planner's model."""
@@ -192,6 +193,7 @@ def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSe
         penalty=table.number("penalty", 100.0, positive=True),
         cost_scale=table.number("cost_scale", 1e-3, positive=True),
         max_iter=table.integer("max_iter", 500, minimum=1),
+        volume_max=table.number("volume_max", None, positive=True),
     )
     bolus_t.finish()
     table.finish()
@@ -294,5 +296,6 @@ def build_cascade(scenario: Scenario, spec: ModelSpec, p: FloatArray, planner: s
         setpoint=section.setpoint,
         measured=section.measured,
         heater=section.heater,
+        volume_max=section.volume_max,
     )
     return CascadeController(spec, build_planner(scenario, planner), config)

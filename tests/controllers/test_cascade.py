@@ -120,3 +120,19 @@ def test_checkpoint_restores_the_pid_and_the_bolus_schedule() -> None:
     for k in range(150, 400):
         a, b = first.step(k * PERIOD_S, x, p), second.step(k * PERIOD_S, x, p)
         np.testing.assert_allclose(a.u, b.u, rtol=1e-12)  # same heater power, no second day-0 bolus
+
+
+def test_volume_guard_cuts_the_feed_under_any_planner() -> None:
+    plant = cho_fedbatch_thermal()
+    lo, hi = plant.input_bounds["P_heater"]
+    config = CascadeConfig(period_s=300.0, slow_every=1, pid=PidConfig(20.0, 0.011, 0.0, lo, hi), volume_max=1.5)
+    profile = Profile(np.array([0.0]), np.array([[0.1, 36.5]]))  # a stale plan that keeps feeding
+    cascade = CascadeController(plant, ProfilePlanner(cho_fedbatch(), profile), config)
+    p = np.array(plant.vector("params", plant.nominal_params))
+    iF = plant.inputs.index("F")
+    x = np.array(plant.vector("states", {**plant.x0, "V": 1.2}))
+    assert cascade.step(0.0, x, p).u[iF] == pytest.approx(0.1)  # far from the cap: untouched
+    x[plant.states.index("V")] = 1.499
+    assert cascade.step(300.0, x, p).u[iF] == pytest.approx(0.001 / (300.0 / 3600.0))  # exactly fills it
+    x[plant.states.index("V")] = 1.5004
+    assert cascade.step(600.0, x, p).u[iF] == 0.0

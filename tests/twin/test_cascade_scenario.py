@@ -21,7 +21,7 @@ def test_shipped_cho_scenario() -> None:
     assert c.slow_period_s == 3600.0 and c.replan_s == 4 * 3600.0
     assert dict(c.objective.terminal) == {"mAb*V": -1.0}
     assert c.state_bounds["Lac"] == (0.0, 40.0) and c.input_bounds["T"] == (31.0, 37.0)
-    assert c.bolus_target == 11.0 and c.pid.out_max == 200.0
+    assert c.bolus_target == 11.0 and c.pid.out_max == 200.0 and c.volume_max == 1.498
 
 
 @pytest.mark.parametrize(
