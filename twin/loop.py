@@ -9,8 +9,8 @@ What it does when things go wrong (each is recorded as an event):
   the previous plan's next move is applied instead of the late answer;
 * a write refused with ``failsafe`` halts control: the loop keeps reading and estimating, sends no
   setpoint, and resumes only once the plant has been armed again (an operator action, ``bioimp arm``);
-* a plant that does not answer a read or a write (after the client's idempotent retries) loses that
-  period; the loop carries on with the next one;
+* a plant that does not answer a read, a write or (while halted) a heartbeat, after the client's
+  idempotent retries, loses that period; the loop carries on with the next one;
 * a clock overrun skips to the next period start, never bursts.
 """
 
@@ -96,7 +96,12 @@ def run_loop(
             recorder.event(EventRow(meas.time_s, "measurement_rejected", f"{name}: {REJECTED}"))
 
         if halted:
-            _, state = plant.heartbeat()
+            try:
+                _, state = plant.heartbeat()
+            except PlantTimeout as exc:
+                # Still halted: the plant is asked again next period, as after a lost read.
+                recorder.event(EventRow(meas.time_s, "plant_unreachable", f"heartbeat: {exc}"))
+                state = "failsafe"
             if state == "failsafe":
                 misses += _wait(clock, recorder, meas.time_s)
                 continue

@@ -239,6 +239,43 @@ def test_failsafe_halts_control_until_the_plant_is_armed_again() -> None:
     assert sim.applied() == {"inp": 0.05}
 
 
+class SilentHeartbeat:
+    """Plant wrapper whose ``heartbeat`` times out at the given heartbeat numbers."""
+
+    def __init__(self, plant: InProcessPlant, at_beats: set[int]) -> None:
+        self.plant, self.at_beats, self.beats = plant, at_beats, 0
+
+    def heartbeat(self) -> tuple[float, str]:
+        self.beats += 1
+        if self.beats - 1 in self.at_beats:
+            raise PlantTimeout("no reply (test)")
+        return self.plant.heartbeat()
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self.plant, attr)
+
+
+def test_a_lost_heartbeat_while_halted_keeps_the_loop_halted_not_dead() -> None:
+    sim = SimulatedPlant(SPEC)
+    handler = ProtocolHandler(sim)
+    inner = InProcessPlant(handler)
+    rec = MemoryRecord()
+    run_loop(
+        spec=SPEC,
+        plant=SilentHeartbeat(inner, {0}),  # type: ignore[arg-type]
+        estimator=MeasuredStateEstimator(SPEC, P),
+        controller=FixedController(0.05),
+        clock=ArmAfter(handler, inner, trip=1, arm=2),
+        recorder=rec,
+        steps=5,
+        period_s=3600.0,
+    )
+    # Step 1 is refused (fail-safe); step 2's heartbeat (armed by then) is lost: still halted, nothing
+    # sent; step 3's heartbeat finds the plant armed and control resumes with seq 3.
+    assert [e.kind for e in rec.events] == ["setpoint_refused", "plant_failsafe", "plant_unreachable", "plant_armed"]
+    assert [r.seq for r in rec.setpoints if r.state == "applied"] == [1, 3, 4]
+
+
 class Unreachable:
     """Plant wrapper whose ``read`` times out at the given read numbers (a short network outage)."""
 
