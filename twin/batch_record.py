@@ -1,9 +1,10 @@
 """The durable batch record: one SQLite file per batch, append-only, every row hash-chained.
 
-:class:`BatchRecord` implements :class:`twin.record.Recorder`. Each call is one transaction, committed
-before the call returns, so the loop never acts on something that is not on disk yet: a ``read`` reply
-is committed before the estimator sees it, a setpoint is committed as ``intended`` before it is sent,
-and the plant's reply is committed as ``applied``/``refused`` before the clock moves on.
+:class:`BatchRecord` implements :class:`twin.record.Recorder`. The loop never acts on something that
+is not on disk yet: a ``read`` reply is committed before the estimator sees it, a setpoint is committed
+as ``intended`` before it is sent, and a refusal is committed before the clock moves on. Estimates and
+controller steps (computations, nothing acted on) are staged and committed with the next row; so is an
+``applied`` ack with ``normal`` durability (see :meth:`BatchRecord.setpoint`: a resume recovers it).
 
 Durability follows the plant's clock (:class:`RecordConfig`): ``full`` (``synchronous=FULL``, one fsync
 per commit: survives power loss) against a real-time plant, ``normal`` (WAL with ``synchronous=NORMAL``:

@@ -13,8 +13,10 @@ The record says how far the loop got; the plant's time says whether the period w
    start included) and the next seq, up to the batch's last step; then write the run directory.
 
 The plant's time decides between "step k in progress" (plant time = step k's read time) and "step k
-over" (later). The loop advances the plant only after the ack (or the refusal) is committed, so an
-unacknowledged write always finds the plant still at step k's time.
+over" (later). The loop advances the plant only after the plant answered the write; with ``full``
+durability that answer is committed first, with ``normal`` durability an ``applied`` ack is committed
+with the next read, so a plant already past step k may have applied a write whose ack was lost: that
+seq is resent too (:func:`_ack_lost`). A real-time plant's time always moves on: it is always "over".
 """
 
 from __future__ import annotations
