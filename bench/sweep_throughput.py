@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hil.sweep_cli import in_process
 from twin.sweep.config import load_sweep
 from twin.sweep.execute import CaseRunner, DaskRunner, LocalPoolRunner
 from twin.sweep.run import SweepResult, run_sweep
@@ -28,7 +29,7 @@ def _timed(path: str, out: Path, make_runner: Callable[[], CaseRunner]) -> tuple
     config = load_sweep(path)
     start = time.perf_counter()
     with make_runner() as runner:
-        result = run_sweep(config, out, runner)
+        result = run_sweep(config, out, runner, in_process)
     return time.perf_counter() - start, result
 
 

@@ -5,10 +5,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plant_models.errors import ScenarioError
 
-__all__ = ["add_sweep_parser"]
+if TYPE_CHECKING:
+    from twin.interfaces import Plant
+    from twin.simulated_plant import SimulatedPlant
+
+__all__ = ["add_sweep_parser", "in_process"]
+
+
+def in_process(sim: SimulatedPlant) -> Plant:
+    """A sweep case's plant: wire protocol v1's handler called in this process (no sockets).
+
+    Module-level so that it travels to pool and Dask workers by reference.
+    """
+    from hil.handler import ProtocolHandler
+    from hil.inprocess import InProcessPlant
+
+    return InProcessPlant(ProtocolHandler(sim))
 
 
 def _positive(text: str) -> int:
@@ -44,7 +60,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     try:
         with runner:
-            result = run_sweep(config, out, runner)
+            result = run_sweep(config, out, runner, in_process)
     except KeyboardInterrupt:
         print(
             f"bioimp: sweep interrupted; finished cases are in {out} (run the same command to resume)", file=sys.stderr

@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from hil.cli import main
+from hil.sweep_cli import in_process
 from plant_models.errors import ScenarioError
 from twin.scenario import DEFAULT_SCENARIO, parse_scenario
 from twin.sweep.cases import Case, expand_cases
-from twin.sweep.config import KpiConfig, SweepConfig, parse_sweep
+from twin.sweep.config import SweepConfig, parse_sweep
 from twin.sweep.execute import LocalPoolRunner
 from twin.sweep.run import run_sweep
-from twin.sweep.worker import TIMING_COLUMNS, controller_builds, reset_cache, run_case
+from twin.sweep.worker import TIMING_COLUMNS, CaseContext, controller_builds, reset_cache, run_case
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +60,10 @@ def _sweep(steps: int = 10) -> SweepConfig:
     return parse_sweep(SWEEP.format(steps=steps), REPO, "<test>", "test")
 
 
+def _ctx(config: SweepConfig) -> CaseContext:
+    return CaseContext(config.kpi, in_process)
+
+
 def _write(tmp_path: Path, steps: int = 10) -> Path:
     path = tmp_path / "sweep.toml"
     path.write_text(SWEEP.format(steps=steps))
@@ -74,9 +79,9 @@ def _deterministic(table: pa.Table) -> list[dict[str, Any]]:
 class InlineRunner:
     """Runs the cases in this process, one after the other (a CaseRunner for tests)."""
 
-    def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[tuple[Case, dict[str, Any] | BaseException]]:
+    def run(self, cases: Sequence[Case], context: CaseContext) -> Iterator[tuple[Case, dict[str, Any] | BaseException]]:
         for case in cases:
-            yield case, run_case(case, kpi)
+            yield case, run_case(case, context)
 
     def close(self) -> None:
         pass
@@ -172,12 +177,12 @@ def test_reused_controller_decides_as_a_new_one() -> None:
     config = _sweep()
     cases = expand_cases(config)[:8]  # settings 0 and 1: two controllers, four plants each
     reset_cache()
-    reused = [run_case(c, config.kpi) for c in cases]
+    reused = [run_case(c, _ctx(config)) for c in cases]
     assert controller_builds() == 2
     fresh = []
     for case in cases:
         reset_cache()
-        fresh.append(run_case(case, config.kpi))
+        fresh.append(run_case(case, _ctx(config)))
     for a, b in zip(reused, fresh, strict=True):
         assert a["status"] == b["status"] == "ok"
         assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == {
@@ -189,9 +194,9 @@ def test_pool_and_dask_cluster_give_identical_tables(tmp_path: Path) -> None:
     from distributed import LocalCluster
 
     config = _sweep()
-    inline = run_sweep(config, tmp_path / "inline", InlineRunner())
+    inline = run_sweep(config, tmp_path / "inline", InlineRunner(), in_process)
     with LocalPoolRunner(2) as pool:
-        local = run_sweep(config, tmp_path / "pool", pool)
+        local = run_sweep(config, tmp_path / "pool", pool, in_process)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
     ) as cluster:
@@ -222,7 +227,7 @@ def test_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     # A vessel of 1e-300 L passes validation (its derivative is finite) but the run fails numerically.
     text = SWEEP.format(steps=10).replace('"controller.horizon" = [5, 10]', '"plant.x0.V_s" = [120.0, 1e-300]')
     text = text.replace("x0 = { X_s = 0.2, S_s = 0.3 }", "").replace("[0.1, 1.0, 10.0]", "[1.0]")
-    result = run_sweep(parse_sweep(text, REPO), tmp_path, InlineRunner())
+    result = run_sweep(parse_sweep(text, REPO), tmp_path, InlineRunner(), in_process)
     rows = result.cases.to_pylist()
     assert len(rows) == 8 and result.failed == 4
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] * 4
@@ -234,7 +239,7 @@ def test_failing_case_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 
 
 def test_summary_recomputed_from_the_table_and_best(tmp_path: Path) -> None:
-    run_sweep(_sweep(), tmp_path, InlineRunner())
+    run_sweep(_sweep(), tmp_path, InlineRunner(), in_process)
     cases = pq.read_table(tmp_path / "cases.parquet").to_pylist()
     summary = pacsv.read_csv(tmp_path / "summary.csv").to_pylist()
     assert len(summary) == 6
@@ -328,9 +333,9 @@ def test_budget_is_counted_not_enforced() -> None:
     config = _sweep()
     case = expand_cases(config)[0]
     assert case.budget_s == 1.0 and "budget_s" not in case.scenario_text  # the base scenario's 1 s
-    late = run_case(replace(case, budget_s=1e-9), config.kpi)  # every step is over a 1 ns budget...
+    late = run_case(replace(case, budget_s=1e-9), _ctx(config))  # every step is over a 1 ns budget...
     assert late["over_budget_steps"] == 10
-    on_time = run_case(case, config.kpi)
+    on_time = run_case(case, _ctx(config))
     assert on_time["over_budget_steps"] == 0
     # ...and the controller decides exactly as without a budget
     assert {k: v for k, v in late.items() if k not in TIMING_COLUMNS} == {
@@ -344,15 +349,15 @@ def test_optuna_search_is_deterministic_and_resumes(tmp_path: Path) -> None:
     text = text.replace("[0.1, 1.0, 10.0]", "{ low = 0.01, high = 100.0, log = true }")
     config = parse_sweep(text + '[search]\nkind = "optuna"\ntrials = 4\n', REPO)
     assert expand_cases(config) == []  # settings come trial by trial
-    first = run_sweep(config, tmp_path / "a", InlineRunner())
+    first = run_sweep(config, tmp_path / "a", InlineRunner(), in_process)
     assert first.cases.num_rows == 8 and first.ran == 8 and first.summary.num_rows == 4
-    again = run_sweep(config, tmp_path / "b", InlineRunner())
+    again = run_sweep(config, tmp_path / "b", InlineRunner(), in_process)
     assert _deterministic(again.cases) == _deterministic(first.cases)
     # A run killed after its second trial: re-running replays trials 0-1 from DIR and runs 2-3.
     for path in (tmp_path / "b" / "cases").glob("*.json"):
         if json.loads(path.read_text())["setting_index"] >= 2:
             path.unlink()
-    resumed = run_sweep(config, tmp_path / "b", InlineRunner())
+    resumed = run_sweep(config, tmp_path / "b", InlineRunner(), in_process)
     assert (resumed.ran, resumed.skipped) == (4, 4)
     assert _deterministic(resumed.cases) == _deterministic(first.cases)
 
@@ -366,10 +371,10 @@ def test_process_noise_and_sensor_noise_follow_the_plant_seed() -> None:
     scenario = parse_scenario(cases[0].scenario_text)
     assert scenario.plant.mismatch is not None and scenario.plant.mismatch.process_noise == {"X_s": 0.01}
     assert scenario.plant.sensors is not None and scenario.plant.sensors.online_period_s == 600.0
-    rows = [run_case(c, config.kpi) for c in cases]
+    rows = [run_case(c, _ctx(config)) for c in cases]
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert rows[0]["final_X_s"] != rows[1]["final_X_s"]  # different noise on the two plants...
-    assert run_case(cases[1], config.kpi)["final_X_s"] == rows[1]["final_X_s"]  # ...the same on a re-run
+    assert run_case(cases[1], _ctx(config))["final_X_s"] == rows[1]["final_X_s"]  # ...the same on a re-run
 
 
 SENSORS = """sensors = { online_period_s = 600.0, online = { X_s = { measures = "X_s", sigma = 0.01 }, \

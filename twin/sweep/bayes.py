@@ -22,6 +22,7 @@ from twin.sweep.config import RandomRange, SweepConfig, Value
 from twin.sweep.execute import CaseRunner
 from twin.sweep.progress import SweepProgress
 from twin.sweep.store import CaseStore
+from twin.sweep.worker import CaseContext
 
 __all__ = ["run_trials"]
 
@@ -39,6 +40,7 @@ def _suggest(trial: Any, key: str, spec: tuple[Value, ...] | RandomRange) -> Val
 
 def run_trials(
     config: SweepConfig,
+    context: CaseContext,
     store: CaseStore,
     runner: CaseRunner,
     progress: SweepProgress,
@@ -68,7 +70,7 @@ def run_trials(
         skipped += len(cases) - len(pending)
         for _ in range(len(cases) - len(pending)):
             progress.advance(ok=True)
-        for _case, outcome in runner.run(pending, config.kpi):
+        for _case, outcome in runner.run(pending, context):
             if isinstance(outcome, BaseException):
                 progress.advance(ok=False)
                 continue

@@ -17,8 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from twin.sweep.cases import Case
-from twin.sweep.config import KpiConfig
-from twin.sweep.worker import run_case
+from twin.sweep.worker import CaseContext, run_case
 
 __all__ = ["CaseRunner", "DaskRunner", "LocalPoolRunner", "default_workers"]
 
@@ -28,7 +27,7 @@ Outcome = tuple[Case, dict[str, Any] | BaseException]
 class CaseRunner(Protocol):
     """Runs cases somewhere; yields ``(case, row)`` as each finishes (an exception if the runner lost it)."""
 
-    def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[Outcome]:
+    def run(self, cases: Sequence[Case], context: CaseContext) -> Iterator[Outcome]:
         """Submit every case and yield outcomes as they finish; closing the iterator cancels the rest."""
         ...
 
@@ -74,9 +73,9 @@ class LocalPoolRunner:
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
         )
 
-    def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[Outcome]:
+    def run(self, cases: Sequence[Case], context: CaseContext) -> Iterator[Outcome]:
         """Submit every case; yield rows as they finish."""
-        futures: dict[Future[dict[str, Any]], Case] = {self._pool.submit(run_case, c, kpi): c for c in cases}
+        futures: dict[Future[dict[str, Any]], Case] = {self._pool.submit(run_case, c, context): c for c in cases}
         try:
             for future in as_completed(futures):
                 exc = future.exception()
@@ -115,11 +114,11 @@ class DaskRunner:
             raise ScenarioError(f"--scheduler: cannot connect to {address}: {exc}") from None
         self.address = address
 
-    def run(self, cases: Sequence[Case], kpi: KpiConfig) -> Iterator[Outcome]:
+    def run(self, cases: Sequence[Case], context: CaseContext) -> Iterator[Outcome]:
         """Submit every case (one task each, keyed by the case) and yield rows as they finish."""
         from distributed import as_completed as dask_completed
 
-        futures = {self._client.submit(run_case, c, kpi, key=f"bioimp-case-{c.key}", pure=False): c for c in cases}
+        futures = {self._client.submit(run_case, c, context, key=f"bioimp-case-{c.key}", pure=False): c for c in cases}
         try:
             for future in dask_completed(list(futures)):
                 if future.status == "error":

@@ -15,6 +15,7 @@ from twin.sweep.plots import plot_distribution, plot_pareto
 from twin.sweep.progress import SweepProgress
 from twin.sweep.store import CaseStore
 from twin.sweep.summary import summarize, write_summary
+from twin.sweep.worker import CaseContext, Connector
 
 __all__ = ["SweepResult", "run_sweep"]
 
@@ -48,9 +49,13 @@ def prepare(config: SweepConfig, out_dir: Path) -> tuple[list[Case], CaseStore]:
 
 
 def run_sweep(
-    config: SweepConfig, out_dir: Path, runner: CaseRunner, progress: SweepProgress | None = None
+    config: SweepConfig,
+    out_dir: Path,
+    runner: CaseRunner,
+    connect: Connector,
+    progress: SweepProgress | None = None,
 ) -> SweepResult:
-    """Run the cases of ``config`` not yet in ``out_dir`` on ``runner``.
+    """Run the cases of ``config`` not yet in ``out_dir`` on ``runner``; ``connect`` makes each case's Plant.
 
     Every finished case is recorded at once (atomically), so an interruption (Ctrl-C: KeyboardInterrupt)
     loses only the cases running at that moment; ``cases.parquet`` is rewritten before it propagates.
@@ -62,6 +67,7 @@ def run_sweep(
     total = config.trials * config.plants if adaptive else len(cases)
     progress = progress or SweepProgress(total, 0 if adaptive else len(cases) - len(pending))
     counts = {"failed": 0, "lost": 0, "ran": 0}
+    context = CaseContext(config.kpi, connect)
     skipped = len(cases) - len(pending)
 
     def finished(row: dict[str, Any]) -> None:
@@ -74,10 +80,10 @@ def run_sweep(
             if adaptive:
                 from twin.sweep.bayes import run_trials
 
-                cases, skipped = run_trials(config, store, runner, progress, finished)
+                cases, skipped = run_trials(config, context, store, runner, progress, finished)
                 complete = True
             else:
-                for _case, outcome in runner.run(pending, config.kpi):
+                for _case, outcome in runner.run(pending, context):
                     if isinstance(outcome, BaseException):
                         counts["lost"] += 1
                         progress.advance(ok=False)

@@ -1,7 +1,9 @@
 """Run one case of a sweep in this process: scenario text in, one results row out.
 
-A case runs the closed loop against its own simulated plant through :class:`hil.inprocess.InProcessPlant`
-(the protocol's semantics, no sockets) on a virtual clock. The result depends only on the case's
+A case runs the closed loop against its own simulated plant on a virtual clock, reached through the
+``connect`` of its :class:`CaseContext` — for ``bioimp sweep``, ``hil.sweep_cli.in_process``: the wire
+protocol's handler called in-process (its semantics, no sockets). The transport is passed in from the
+top layer so that the twin does not import ``hil``. The result depends only on the case's
 scenario text; compute times (and the wall time) are the only columns that depend on the machine.
 
 Solvers are expensive to build (symbolic work, code generation) and cheap to run, so each worker
@@ -21,27 +23,29 @@ import threading
 import time
 import tomllib
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from controllers.interfaces import Controller
-from hil.handler import ProtocolHandler
-from hil.inprocess import InProcessPlant
 from plant_models.spec import ModelSpec
 from twin.clock import VirtualClock
 from twin.estimator_config import build_estimator
+from twin.interfaces import Plant
 from twin.kpis import summary, trajectory
 from twin.loop import run_loop
 from twin.plant_setup import build_plant
 from twin.record import MemoryRecord
 from twin.runner import build_controller, twin_params
 from twin.scenario import Scenario, parse_scenario
+from twin.simulated_plant import SimulatedPlant
 from twin.simulator import SimulatorConfig
 from twin.sweep.cases import Case, bounded_states, canonical
 from twin.sweep.config import KpiConfig
 
-__all__ = ["TIMING_COLUMNS", "controller_key", "reset_cache", "run_case"]
+__all__ = ["TIMING_COLUMNS", "CaseContext", "Connector", "controller_key", "reset_cache", "run_case"]
 
 #: Columns that depend on the machine and its load, not on the case (left out of determinism checks).
 TIMING_COLUMNS = ("compute_ms_p50", "compute_ms_p90", "compute_ms_p99", "compute_ms_max", "over_budget_steps", "wall_s")
@@ -178,7 +182,19 @@ def _violations(scenario: Scenario, spec: ModelSpec, truth: np.ndarray, kpi: Kpi
     return out
 
 
-def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
+#: Makes the loop's Plant from a case's simulated plant (a module-level function: it travels to workers).
+Connector = Callable[[SimulatedPlant], Plant]
+
+
+@dataclass(frozen=True)
+class CaseContext:
+    """What every case of a sweep shares: the KPI definition and how the loop reaches a plant."""
+
+    kpi: KpiConfig
+    connect: Connector
+
+
+def _run(case: Case, kpi: KpiConfig, connect: Connector) -> dict[str, Any]:
     scenario = parse_scenario(case.scenario_text, f"<case {case.key[:12]}>")
     spec = _spec(scenario)
     pl = scenario.plant
@@ -192,7 +208,7 @@ def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
     )
     p = twin_params(spec, scenario)
     controller = _controller(scenario, spec, p)
-    plant = InProcessPlant(ProtocolHandler(sim))
+    plant = connect(sim)
     truth = [sim.true_state.copy()]
 
     def advance(dt_s: float) -> Any:  # the true state after every period: violations are judged on it
@@ -232,7 +248,7 @@ def _run(case: Case, kpi: KpiConfig) -> dict[str, Any]:
     return row
 
 
-def run_case(case: Case, kpi: KpiConfig) -> dict[str, Any]:
+def run_case(case: Case, context: CaseContext) -> dict[str, Any]:
     """Run one case; never raises for the case's own failure (the row says ``status = "error"``).
 
     Returns:
@@ -250,7 +266,7 @@ def run_case(case: Case, kpi: KpiConfig) -> dict[str, Any]:
         "seed": case.seed,
     }
     try:
-        row |= _run(case, kpi)
+        row |= _run(case, context.kpi, context.connect)
         row |= {"status": "ok", "error": ""}
     except Exception as exc:  # a failing case is a result of the sweep, not the end of it
         last = traceback.extract_tb(exc.__traceback__)[-1]
