@@ -94,7 +94,6 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
     expected = 1
     merged = heapq.merge(*(_rows(conn, t) for t in TABLES), key=lambda r: r[0])
     for rec, table, values, stored in merged:
-        where = _describe(table, values)
         if rec != expected:
             problem = f"row {expected} is missing (next row is {table} rec {rec})" if rec > expected else (
                 f"row {rec} appears twice"
@@ -102,6 +101,7 @@ def _verify(conn: sqlite3.Connection) -> VerifyResult:
             return VerifyResult(False, expected - 1, prev.hex(), problem, table, rec)
         digest = row_hash(prev, table, rec, values)
         if digest != bytes(stored):
+            where = _describe(table, values)
             problem = f"{table} rec {rec} ({where}): hash mismatch — the row or the chain before it was altered"
             return VerifyResult(False, expected - 1, prev.hex(), problem, table, rec)
         prev = digest
