@@ -100,6 +100,7 @@ class InlineRunner:
     ("edit", "message"),
     [
         (lambda s: s + "colour = 1\n", "colour: unknown key"),
+        (lambda s: 'name = "../up"\n' + s, "name: use letters, digits"),
         (lambda s: s.replace("seed = 11", "seed = -1"), "seed: must be >= 0"),
         (lambda s: s.replace("plants = 4", "plants = 'four'"), "plants: expected an integer"),
         (lambda s: s.replace("[5, 10]", "5"), 'vary."controller.horizon": expected a list of values'),

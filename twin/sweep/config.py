@@ -10,6 +10,7 @@ Every setting is also applied to the base scenario and validated as a scenario b
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -231,6 +232,8 @@ def parse_sweep(
         raise ScenarioError(f"{origin}: invalid TOML: {exc}") from None
     root = _Table(data, "")
     name = root.string("name", name)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):  # the default results directory's name
+        raise ScenarioError(f"name: use letters, digits, '_', '.', '-' (starting with a letter or digit), got {name!r}")
     scenario_path = base_dir / root.string("scenario")
     if scenario_text is None:
         try:
