@@ -7,6 +7,7 @@ setpoint was applied twice and that every sample the plant produced reached the 
 Lines (appended, flushed one by one)::
 
     {"op": "apply", "t": 7200.0, "values": {"inp": 0.012}}     a write reached the actuators
+    {"op": "apply_safe", "t": 0.0, "values": {"inp": 0.0}}      safe values (at start, on fail-safe)
     {"op": "sample", "t": 7200.0, "seq": 2}                      advance produced sample seq 2
 
 A write answered from the handler's idempotency memory (a resent seq) never reaches the backend, so it
