@@ -63,7 +63,8 @@ def _restore(obj: object, state: Mapping[str, np.ndarray]) -> None:
 
 
 def snapshot(estimator: object, controller: object) -> bytes:
-    """The state of both objects as ``.npz`` bytes."""
+    """The state of both objects as bytes: a length-prefixed JSON header (name → dtype, shape), then the
+    arrays' raw bytes in header order."""
     arrays = {f"estimator/{k}": v for k, v in _state_of(estimator).items()}
     arrays |= {f"controller/{k}": v for k, v in _state_of(controller).items()}
     header = {k: [v.dtype.str, list(v.shape)] for k, v in arrays.items()}
