@@ -20,7 +20,7 @@ from typing import IO
 from hil.handler import ClockKind
 from plant_models.errors import BioimpError, PlantTimeout
 
-__all__ = ["PlantProcess", "PlantServerError", "spawn_plant_server"]
+__all__ = ["PlantProcess", "PlantServerError", "read_ready_line", "spawn_plant_server"]
 
 
 class PlantServerError(BioimpError, RuntimeError):
@@ -49,7 +49,7 @@ def _assignments(option: str, values: Mapping[str, float] | None) -> list[str]:
     return args
 
 
-def _read_ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
+def read_ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
     """The first stdout line of ``proc`` that starts with ``ready``, waiting at most ``timeout_s``.
 
     Other lines (a library's banner) are skipped. Returns the last line seen ('' if none) when stdout
@@ -152,7 +152,7 @@ def spawn_plant_server(
             env=None if env is None else dict(env),
         )
         try:
-            line = _read_ready_line(proc, ready_timeout_s)
+            line = read_ready_line(proc, ready_timeout_s)
             parts = line.split()
             if len(parts) != 3 or parts[0] != "ready":
                 _stop(proc, stop_timeout_s)

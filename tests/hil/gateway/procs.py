@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from hil.launch import read_ready_line
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -44,30 +44,6 @@ class Proc:
         return self.stderr_path.read_text(errors="replace")
 
 
-def _ready_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buffer = b""
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            while b"\n" in buffer:
-                raw, buffer = buffer.split(b"\n", 1)
-                line = raw.decode(errors="replace").strip()
-                if line.startswith("ready "):
-                    return line
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no ready line within {timeout_s} s")
-            if not sel.select(remaining):
-                continue
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return ""
-            buffer += chunk
-
-
 @contextmanager
 def bioimp(args: Sequence[str], *, timeout_s: float = 30.0) -> Iterator[Proc]:
     """Run ``python -m hil.cli ARGS`` until it prints ``ready ...``; SIGTERM (then SIGKILL) on exit."""
@@ -83,8 +59,8 @@ def bioimp(args: Sequence[str], *, timeout_s: float = 30.0) -> Iterator[Proc]:
             cwd=REPO,
         )
     try:
-        line = _ready_line(proc, timeout_s)
-        if not line:
+        line = read_ready_line(proc, timeout_s)
+        if not line.startswith("ready "):
             proc.wait(5)
             raise RuntimeError(f"{args[0]} exited ({proc.returncode}): {stderr_path.read_text(errors='replace')}")
         yield Proc(line.split()[1:], proc, stderr_path)
