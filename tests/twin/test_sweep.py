@@ -174,12 +174,20 @@ def test_a_bound_is_a_setting() -> None:
 # --- determinism --------------------------------------------------------------------------------------
 
 
-def test_reused_controller_decides_as_a_new_one() -> None:
-    config = _sweep()
+IPOPT = '"controller.solver" = "ipopt"\n"controller.mode" = "converged"\n"controller.compiled" = false\n'
+DOMPC = '"controller.kind" = "do-mpc"\n"controller.compiled" = false\n'
+
+
+@pytest.mark.parametrize(("override", "builds"), [("", 2), (IPOPT, 2), (DOMPC, 8)], ids=["sqp-rti", "ipopt", "do-mpc"])
+def test_reused_controller_decides_as_a_new_one(override: str, builds: int) -> None:
+    # SQP and Ipopt NMPCs are reused (reset between cases); do-mpc's objects cannot be reset by us, so a
+    # do-mpc controller is built for every case.
+    text = SWEEP.format(steps=10).replace("[override]\n", "[override]\n" + override)
+    config = parse_sweep(text, REPO)
     cases = expand_cases(config)[:8]  # settings 0 and 1: two controllers, four plants each
     reset_cache()
     reused = [run_case(c, _ctx(config)) for c in cases]
-    assert controller_builds() == 2
+    assert controller_builds() == builds
     fresh = []
     for case in cases:
         reset_cache()

@@ -23,8 +23,10 @@ import threading
 import time
 import tomllib
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
+from types import BuiltinFunctionType, FunctionType
 from typing import Any
 
 import numpy as np
@@ -124,6 +126,29 @@ def _objects(root: object) -> list[object]:
     return list(seen.values())
 
 
+def _stateless(value: object) -> bool:
+    """A value whose state cannot change between cases: frozen CasADi functions and sparsities, paths,
+    plain functions, the model (plant_models values are frozen); containers of such."""
+    import casadi
+
+    if isinstance(value, casadi.Function | casadi.Sparsity | PurePath | FunctionType | BuiltinFunctionType):
+        return True
+    if type(value).__module__.startswith("plant_models."):
+        return True
+    if isinstance(value, list | tuple | frozenset):
+        return all(_stateless(v) or _is_state(v) or _owned(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_stateless(v) or _is_state(v) or _owned(v) for v in value.values())
+    return False
+
+
+def resettable(controller: object) -> bool:
+    """Can :func:`_reset` put this controller back to new? Only if everything it holds is plain data,
+    objects of ours (reset in turn), or stateless; a controller holding another library's objects
+    (do-mpc's) is built anew for every case instead of being reused."""
+    return all(_is_state(v) or _owned(v) or _stateless(v) for obj in _objects(controller) for v in vars(obj).values())
+
+
 def _pristine(controller: object) -> Pristine:
     """The mutable state of the controller and of every object of ours it holds, right after building."""
     return [(obj, {k: copy.deepcopy(v) for k, v in vars(obj).items() if _is_state(v)}) for obj in _objects(controller)]
@@ -145,6 +170,8 @@ def _controller(scenario: Scenario, spec: ModelSpec, p: np.ndarray) -> Controlle
     if cached is None:
         controller = build_controller(scenario, spec, p)
         _CACHE.builds += 1
+        if not resettable(controller):
+            return controller  # for this case only
         cached = (controller, _pristine(controller))
         _CACHE.controllers[key] = cached
     controller, pristine = cached
