@@ -392,7 +392,7 @@ class BatchRecord:
     def close(self) -> None:
         """Commit any staged rows and close the file (a WAL checkpoint happens if this is the last
         connection). Idempotent."""
-        if self._staged and self._conn is not None:
+        if self._staged:
             self._transaction(lambda: None)
         self._conn.close()
 
