@@ -10,8 +10,9 @@ everything that must be the same for a simulated plant and a hardware gateway:
 * ``valid_until`` → ``stale``;
 * the plant state (``armed`` / ``failsafe``) and ``watchdog_s``.
 
-Order of the checks on ``write``: failsafe, then seq (a repeat gets the earlier reply, a lower seq is
-``stale``), then ``valid_until``, then device names, finiteness, limits. A failed write does not use up
+Order of the checks on ``write``: a repeated seq gets the earlier reply (even in fail-safe: it applies
+nothing), then fail-safe, then a lower seq is ``stale``, then ``valid_until``, then device names,
+finiteness, limits. A failed write does not use up
 its seq: the client may send the same seq again, corrected.
 
 The watchdog lives here too, so the simulated plant and the hardware gateway share it: the handler
@@ -220,15 +221,18 @@ class ProtocolHandler:
 
     def _write(self, client_id: bytes, request: Write) -> dict[str, Any]:
         rid = request.id
+        last = self._clients.get(client_id)
+        if last is not None and request.seq == last.seq:
+            # Idempotent retry: the earlier reply (its time is when it was applied), applied once. Also in
+            # fail-safe, where it applies nothing: a controller resuming after a crash learns that its
+            # last setpoint did land, instead of recording an applied setpoint as refused.
+            if self._state == "armed":
+                self._feed()
+            return dict(last.result)
         if self._state == "failsafe":
             raise RequestError(FAILSAFE, "the plant is in fail-safe; writes are refused until re-armed", rid)
-        last = self._clients.get(client_id)
-        if last is not None:
-            if request.seq == last.seq:
-                self._feed()
-                return dict(last.result)  # idempotent retry: the earlier reply, applied once
-            if request.seq < last.seq:
-                raise RequestError(STALE, f"seq {request.seq} is not greater than the last applied seq {last.seq}", rid)
+        if last is not None and request.seq < last.seq:
+            raise RequestError(STALE, f"seq {request.seq} is not greater than the last applied seq {last.seq}", rid)
         now = self.backend.time_s
         if request.valid_until_s is not None:
             if not math.isfinite(request.valid_until_s):

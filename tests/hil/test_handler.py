@@ -154,8 +154,10 @@ def test_failsafe_puts_actuators_safe_refuses_writes_until_armed(
     assert tank.applied() == {"heat": 0.0, "feed": 0.0}
     hb = _call(handler, {"op": "heartbeat"})
     assert (hb["state"], hb["time"]) == ("failsafe", 0.0)
-    for seq in (1, 2):  # not even an idempotent retry is answered as if applied
-        assert _code(_call(handler, {"op": "write", "setpoints": {"heat": 40.0}, "seq": seq})) == "failsafe"
+    assert _code(_call(handler, {"op": "write", "setpoints": {"heat": 40.0}, "seq": 2})) == "failsafe"
+    # The idempotent retry of seq 1 gets its earlier reply (it did land, at t=0) and applies nothing.
+    retry = _call(handler, {"op": "write", "setpoints": {"heat": 40.0, "feed": 1.0}, "seq": 1})
+    assert (retry["ok"], retry["time"], retry["applied"]) == (True, 0.0, {"heat": 40.0, "feed": 1.0})
     assert tank.applied() == {"heat": 0.0, "feed": 0.0}
     assert [json.loads(p)["state"] for _, p in handler.arm("operator")] == ["armed"]
     assert _call(handler, {"op": "write", "setpoints": {"heat": 40.0}, "seq": 2})["applied"]["heat"] == 40.0

@@ -84,9 +84,11 @@ def test_silence_puts_actuators_safe_refuses_writes_until_arm(
     assert handler.last_failsafe_latency_s == pytest.approx(WATCHDOG_S + 0.04, abs=1e-9)
     hello = _call(handler, "hello")
     assert (hello["state"], hello["last_failsafe_latency_s"]) == ("failsafe", handler.last_failsafe_latency_s)
-    # Refused, a retried seq too, and the heartbeat does not re-arm.
+    # A new seq is refused; the last applied seq is answered from memory (applying nothing, its time
+    # is when it was applied); the heartbeat does not re-arm.
     assert _write(handler, 2)["error"]["code"] == "failsafe"
-    assert _write(handler, 1)["error"]["code"] == "failsafe"
+    retry = _write(handler, 1, 0.1)
+    assert (retry["ok"], retry["time"], retry["applied"]) == (True, 0.0, {"inp": 0.1})
     assert _call(handler, "heartbeat")["state"] == "failsafe"
     assert tank.applied() == {"inp": 0.0}
 
