@@ -278,7 +278,8 @@ def serve_backend(backend: PlantBackend, options: ServerOptions, *, prog: str, o
     """Serve ``backend`` until SIGINT/SIGTERM: what ``bioimp plant serve`` and ``bioimp gateway`` run.
 
     Prints ``ready <command endpoint> <telemetry endpoint>`` to ``out`` (stdout) once both sockets are
-    bound. Errors are one line on stderr, prefixed with ``prog``.
+    bound. Errors are one line on stderr, prefixed with ``prog``. However it stops, it leaves every
+    actuator at its safe value.
 
     Returns:
         The exit code: 0 after a clean stop, 2 for a bad option/key/endpoint, 1 if the plant failed.
@@ -324,6 +325,8 @@ def serve_backend(backend: PlantBackend, options: ServerOptions, *, prog: str, o
     except BioimpError as exc:
         return _fail(prog, f"plant failed: {exc}", 1)
     finally:
+        # Nobody watches the actuators once the server is gone (no watchdog, no arm): leave them safe.
+        handler.enter_failsafe("server stopping")
         server.close()
         _stop_context(context, auth)
         for sig, handler_before in previous.items():

@@ -259,3 +259,16 @@ def test_old_samples_are_stale_with_their_value(tmp_path: Path) -> None:
         old = backend.read(["X_s"])["X_s"]
     assert fresh.quality == "good" and old.quality == "stale"
     assert old.value == fresh.value and old.t_s == fresh.t_s and old.seq == fresh.seq
+
+
+def test_a_stopped_gateway_leaves_the_plc_safe(tmp_path: Path) -> None:
+    """SIGTERM to the gateway (maintenance, a clean stop): nobody watches the PLC any more, so it goes safe."""
+    port = free_port()
+    path = example_config(tmp_path, "modbus", port=port)
+    with bioimp(["emulate", "modbus", "--model", "fedbatch_haldane", "--config", str(path)]):
+        with bioimp(["gateway", str(path), "--watchdog", "0"]) as gateway, ZmqPlant(gateway.ready[0]) as plant:
+            time.sleep(0.3)  # the heater's max rate counts from the gateway's start
+            plant.write({"inp": 0.1, "heater": 1.5}, seq=1)
+            assert _raw_register(port, 2) == [15] and _raw_register(port, 0) != [0]
+        assert gateway.process.returncode == 0
+        assert _raw_register(port, 2) == [0] and _raw_register(port, 0) == [0]
