@@ -132,7 +132,9 @@ def run_loop(
             recorder.setpoint(SetpointRow(step, seq, meas.time_s, "refused", setpoints, exc.code))
             recorder.event(EventRow(meas.time_s, "setpoint_refused", str(exc)))
             if exc.code == _FAILSAFE:
+                # The plant now holds its safe values, not our last setpoint: the estimator must know.
                 halted = True
+                u_applied = _actuator_readings(spec, meas, u_applied)
                 recorder.event(EventRow(meas.time_s, "plant_failsafe", "no setpoint is sent until the plant is armed"))
         except PlantTimeout as exc:
             recorder.event(EventRow(meas.time_s, "plant_unreachable", f"write seq {seq}: {exc}"))
@@ -146,6 +148,14 @@ def run_loop(
     final = plant.read()
     recorder.measurements(steps, final)
     return LoopResult(steps, final, misses, refused, fallbacks)
+
+
+def _actuator_readings(spec: ModelSpec, meas: Measurements, default: FloatArray | None) -> FloatArray | None:
+    """The inputs the plant reports holding (its actuators' readings), or ``default`` if any is missing."""
+    values = [meas.values[n].value if n in meas.values else None for n in spec.inputs]
+    if any(v is None or not np.isfinite(v) for v in values):
+        return default
+    return np.array(values, dtype=float)
 
 
 def _record_plant_events(plant_events: Callable[[], Iterable[EventRow]] | None, recorder: Recorder) -> None:

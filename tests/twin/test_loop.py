@@ -218,10 +218,17 @@ def test_failsafe_halts_control_until_the_plant_is_armed_again() -> None:
     handler = ProtocolHandler(sim)
     plant = InProcessPlant(handler)
     rec = OrderRecorder()
+    inputs_told: list[float | None] = []
+
+    class Spy(MeasuredStateEstimator):
+        def update(self, meas: Measurements, u_applied: FloatArray | None) -> Estimate:
+            inputs_told.append(None if u_applied is None else float(u_applied[0]))
+            return super().update(meas, u_applied)
+
     result = run_loop(
         spec=SPEC,
         plant=plant,
-        estimator=MeasuredStateEstimator(SPEC, P),
+        estimator=Spy(SPEC, P),
         controller=FixedController(0.05),
         clock=ArmAfter(handler, plant, trip=2, arm=4),
         recorder=rec,
@@ -236,6 +243,8 @@ def test_failsafe_halts_control_until_the_plant_is_armed_again() -> None:
     assert kinds == ["setpoint_refused", "plant_failsafe", "plant_armed"]
     assert result.refused_writes == 1
     assert len(rec.estimates) == 6  # estimation went on while halted
+    # ... and was told the plant held its safe feed (0) while halted, not the last setpoint (0.05).
+    assert inputs_told == [None, 0.05, 0.05, 0.0, 0.0, 0.05]
     assert sim.applied() == {"inp": 0.05}
 
 
