@@ -362,14 +362,17 @@ class GatewayBackend:
             self._applied[name] = device.safe
             self._changed_at[name] = self.time_s
             link.pending_safe.discard(name)
-            self._event(name, "safe value written after reconnect")
+            self._event(name, "safe value written (retried)")
 
     def _poll_link(self, link: _Link) -> None:
         with link.lock:
-            if not link.driver.connected:
-                if self._monotonic() < link.next_attempt or not self._try_connect(link):
-                    return
-                self._write_pending_safe(link)
+            if not link.driver.connected and (
+                self._monotonic() < link.next_attempt or not self._try_connect(link)
+            ):
+                return
+            # Safe values still owed (a fail-safe while the driver was down, or a safe write that failed
+            # on a live link) are retried at every poll until they land, before anything is read.
+            self._write_pending_safe(link)
             for device in link.devices:
                 if not link.driver.connected:
                     return
