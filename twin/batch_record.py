@@ -265,6 +265,8 @@ def has_run(path: Path) -> bool:
     try:
         found = conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='run'").fetchone()
         return found is not None and conn.execute("SELECT 1 FROM run LIMIT 1").fetchone() is not None
+    except sqlite3.DatabaseError as exc:
+        raise RecordError(f"{path}: not a batch record ({exc}); it is left as it is") from None
     finally:
         conn.close()
 

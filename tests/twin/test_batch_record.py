@@ -389,3 +389,15 @@ def test_a_batch_against_a_real_time_plant_is_recorded_with_full_durability(tmp_
     assert durability == "full" and json.loads(hello)["clock"] == "realtime"
     assert acks == 5
     assert verify_record(tmp_path / "run" / RECORD_FILE).ok
+
+
+def test_run_into_a_folder_holding_a_non_record_file_is_one_line_and_changes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "record.sqlite").write_bytes(b"not a database, but someone's file" * 100)
+    before = (tmp_path / "record.sqlite").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "run", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("bioimp: error: ") and "not a batch record" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "record.sqlite").read_bytes() == before
