@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,19 @@ from twin.kpis import Trajectory
 
 
 def write_summary(path: Path, summary: dict[str, object]) -> None:
-    """Write the KPI summary as indented JSON."""
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    """Write the KPI summary as indented JSON; a value that is not a finite number (a state no sensor
+    measures at the end) is ``null``, since NaN is not JSON."""
+    path.write_text(json.dumps(_finite_or_null(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _finite_or_null(value: object) -> object:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def write_trajectory_csv(path: Path, spec: ModelSpec, traj: Trajectory) -> None:
