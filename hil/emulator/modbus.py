@@ -146,7 +146,10 @@ async def _serve(emulator: ModbusEmulator, host: str, port: int, out: TextIO) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:  # pymodbus: "Could not start listen" (port in use, bad address)
+        raise OSError(f"cannot listen on {host}:{port}: {exc}") from None
     sockets = getattr(server.transport, "sockets", None) or []
     bound = sockets[0].getsockname()[1] if sockets else port
     print(f"ready modbus tcp://{host}:{bound}", file=out, flush=True)
