@@ -7,6 +7,7 @@ a half on two cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -122,7 +123,7 @@ class InlineRunner:
         (lambda s: s.replace('"loop.steps"', '"controller.horizon"'), 'override."controller.horizon": also in'),
         (lambda s: s.replace("[vary]", "[vary"), "invalid TOML"),
         (lambda s: s.replace('"P_s*V_s"', '"P_x*V_s"'), "kpi.main: 'P_x' is not a state of model"),
-        (lambda s: s + 'constraints = ["V_s"]\n', "kpi.constraints: 'V_s' has no bounds in the scenario"),
+        (lambda s: s + 'constraints = ["V_s"]\n', "kpi.constraints: 'V_s' has no bounds in the base scenario"),
         (lambda s: s.replace("[5, 10]", "[5, [10]]"), "controller.horizon: expected an integer, got [10]"),
     ],
 )
@@ -169,6 +170,8 @@ def test_a_bound_is_a_setting() -> None:
     cases = expand_cases(parse_sweep(text, REPO))
     assert cases[-1].setting == "bounds.X_s=[0.0, 3.5], objective.delta_u.inp=10.0"
     assert parse_scenario(cases[-1].scenario_text).controller.mpc.state_bounds["X_s"] == (0.0, 3.5)
+    # A tighter bound is the controller's back-off: the plant is still judged by the base scenario's limit.
+    assert cases[-1].limits == cases[0].limits == {"X_s": (0.0, 3.7), "S_s": (-0.01, math.inf), "P_s": (0.0, 3.0)}
 
 
 # --- determinism --------------------------------------------------------------------------------------

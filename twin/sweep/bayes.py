@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from twin.sweep.cases import Case, base_data, setting_cases
+from twin.sweep.cases import Case, base_data, limits_of, setting_cases
 from twin.sweep.config import RandomRange, SweepConfig, Value
 from twin.sweep.execute import CaseRunner
 from twin.sweep.progress import SweepProgress
@@ -59,12 +59,13 @@ def run_trials(
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
     base = base_data(config)
+    limits = limits_of(config, base)
     all_cases: list[Case] = []
     skipped = 0
     for index in range(config.trials):
         trial = study.ask()
         settings = {k: _suggest(trial, k, v) for k, v in config.vary.items()}
-        cases = setting_cases(config, base, index, settings)
+        cases = setting_cases(config, base, index, settings, limits)
         done = store.done()
         pending = [c for c in cases if c.key not in done]
         skipped += len(cases) - len(pending)

@@ -17,7 +17,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,9 @@ class Case:
         seed: the plant's seed.
         scenario_text: the complete scenario of this case (TOML).
         budget_s: the compute budget the scenario gives (not enforced in a sweep: only counted).
+        limits: the bounds a true state is judged against: the base scenario's (with the overrides), not
+            the setting's — a setting that tightens a bound is a back-off of the controller, and it is
+            judged by the plant's real limit.
     """
 
     key: str
@@ -65,6 +68,7 @@ class Case:
     seed: int
     scenario_text: str
     budget_s: float | None = None
+    limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def plant_seed(sweep_seed: int, plant: int) -> int:
@@ -149,16 +153,31 @@ def bounded_states(scenario: Scenario, states: Sequence[str]) -> dict[str, tuple
     return {k: v for k, v in merged.items() if k in states}
 
 
-def _check_kpi(config: SweepConfig, scenario: Scenario) -> None:
+def limits_of(config: SweepConfig, base: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The real limits of the study: the bounded states of the base scenario with the overrides applied.
+
+    Raises:
+        ScenarioError: the overrides make an invalid scenario.
+    """
+    data = copy.deepcopy(dict(base))
+    for key, value in config.override.items():
+        _set(data, key, value, "override")
+    try:
+        scenario = parse_scenario(tomli_w.dumps(data), "<base>")
+    except ScenarioError as exc:
+        raise ScenarioError(f"override: {exc}") from None
+    return bounded_states(scenario, scenario.spec().states)
+
+
+def _check_kpi(config: SweepConfig, scenario: Scenario, bounded: Mapping[str, tuple[float, float]]) -> None:
     states = scenario.spec().states
     for name in config.kpi.main.split("*"):
         if name != "objective" and name not in states:
             raise ScenarioError(f"kpi.main: {name!r} is not a state of model {scenario.model!r} nor objective")
-    bounded = bounded_states(scenario, states)
     for name in config.kpi.constraints:
         if name not in bounded:
             known = ", ".join(bounded) or "none"
-            raise ScenarioError(f"kpi.constraints: {name!r} has no bounds in the scenario (bounded: {known})")
+            raise ScenarioError(f"kpi.constraints: {name!r} has no bounds in the base scenario (bounded: {known})")
 
 
 def scenario_for(config: SweepConfig, settings: Mapping[str, Value], name: str) -> str:
@@ -197,7 +216,11 @@ def base_data(config: SweepConfig) -> dict[str, Any]:
 
 
 def setting_cases(
-    config: SweepConfig, base: Mapping[str, Any], index: int, settings: Mapping[str, Value]
+    config: SweepConfig,
+    base: Mapping[str, Any],
+    index: int,
+    settings: Mapping[str, Value],
+    limits: Mapping[str, tuple[float, float]],
 ) -> list[Case]:
     """The cases of one setting (one per Monte Carlo plant), the setting validated as a scenario.
 
@@ -217,9 +240,9 @@ def setting_cases(
                 scenario = parse_scenario(text, "<case>")
             except ScenarioError as exc:
                 raise ScenarioError(f"{where}: {exc}") from None
-            _check_kpi(config, scenario)
+            _check_kpi(config, scenario, limits)
         key = hashlib.sha256(text.encode()).hexdigest()
-        cases.append(Case(key, index, label, settings, plant, seed, text, budget))
+        cases.append(Case(key, index, label, settings, plant, seed, text, budget, dict(limits)))
     return cases
 
 
@@ -246,13 +269,14 @@ def expand_cases(config: SweepConfig) -> list[Case]:
             and the scenario key), or the base scenario is invalid.
     """
     base = base_data(config)
+    limits = limits_of(config, base)
     if config.search == "optuna":
         for settings in corner_settings(config):
-            setting_cases(replace(config, plants=1), base, 0, settings)
+            setting_cases(replace(config, plants=1), base, 0, settings, limits)
         return []
     cases = []
     for index, settings in enumerate(settings_of(config)):
-        cases.extend(setting_cases(config, base, index, settings))
+        cases.extend(setting_cases(config, base, index, settings, limits))
     return cases
 
 

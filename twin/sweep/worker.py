@@ -44,7 +44,7 @@ from twin.runner import build_controller, twin_params
 from twin.scenario import Scenario, parse_scenario
 from twin.simulated_plant import SimulatedPlant
 from twin.simulator import SimulatorConfig
-from twin.sweep.cases import Case, bounded_states, canonical
+from twin.sweep.cases import Case, canonical
 from twin.sweep.config import KpiConfig
 
 __all__ = ["TIMING_COLUMNS", "CaseContext", "Connector", "controller_key", "reset_cache", "run_case"]
@@ -193,12 +193,14 @@ def _final(names: list[str], spec: ModelSpec, final: np.ndarray, objective: floa
     return value
 
 
-def _violations(scenario: Scenario, spec: ModelSpec, truth: np.ndarray, kpi: KpiConfig) -> dict[str, Any]:
-    """Per bounded state: the largest amount the true state left its bound; the steps out of any bound
+def _violations(
+    limits: Mapping[str, tuple[float, float]], spec: ModelSpec, truth: np.ndarray, kpi: KpiConfig
+) -> dict[str, Any]:
+    """Per limited state: the largest amount the true state left its limit; the steps out of any limit
     that counts (``kpi.constraints``, all when empty), and whether there was one."""
     out: dict[str, Any] = {}
     steps_out = np.zeros(len(truth), dtype=bool)
-    for name, (lo, hi) in bounded_states(scenario, spec.states).items():
+    for name, (lo, hi) in limits.items():
         col = truth[:, spec.states.index(name)]
         amount = np.maximum(lo - col, col - hi)
         out[f"violation_{name}"] = max(0.0, float(np.max(amount)))
@@ -262,7 +264,7 @@ def _run(case: Case, kpi: KpiConfig, connect: Connector) -> dict[str, Any]:
         "kpi": _final(kpi.main.split("*"), spec, true_x[-1], objective),
         "objective": objective,
         **{f"final_{n}": float(v) for n, v in zip(spec.states, true_x[-1], strict=True)},
-        **_violations(scenario, spec, true_x, kpi),
+        **_violations(case.limits, spec, true_x, kpi),
         "measured_violation_max": float(kpis["constraint_violation_max"]),  # type: ignore[arg-type]
         "fallbacks": loop.fallbacks,
         "refused_writes": loop.refused_writes,
