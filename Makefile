@@ -34,9 +34,9 @@ test: lint
 	$(BIN)/pytest -q --benchmark-disable tests bench
 
 # Full benchmarks: repeated rounds, budgets asserted, JSON report in bench/report.json.
-bench: setup
-	$(BIN)/pytest -q bench --benchmark-only --benchmark-json=bench/report.json
-	$(BIN)/python -m bench.report bench/report.json
+bench: setup  # the table is printed even when a budget fails; the exit status is pytest's
+	$(BIN)/pytest -q bench --benchmark-only --benchmark-json=bench/report.json; status=$$?; \
+	$(BIN)/python -m bench.report bench/report.json; exit $$status
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
