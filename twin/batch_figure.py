@@ -21,10 +21,8 @@ import numpy as np
 
 from plant_models.spec import ModelSpec
 from twin.interfaces import FloatArray
-from twin.plant_setup import build_plant
 from twin.record import MemoryRecord
 from twin.scenario import Scenario
-from twin.simulator import SimulatorConfig
 
 __all__ = ["PANELS", "replay_truth", "write_batch_figure"]
 
@@ -46,15 +44,7 @@ def replay_truth(scenario: Scenario, record: MemoryRecord) -> tuple[FloatArray, 
     Returns ``(t_s, x)`` with one row per step plus the final state.
     """
     spec = scenario.spec()
-    pl = scenario.plant
-    sim = build_plant(
-        spec,
-        params=pl.params,
-        x0=pl.x0,
-        sim_config=SimulatorConfig(pl.rtol, pl.atol),
-        mismatch=pl.mismatch,
-        sensors=pl.sensors,
-    )
+    sim = scenario.new_plant(spec)
     applied = {row.step: row.values for row in record.setpoints if row.state == "applied"}
     t = [sim.time_s]
     x = [sim.true_state.copy()]

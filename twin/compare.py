@@ -25,7 +25,6 @@ from twin.cascade_setup import PLANNERS, build_cascade
 from twin.clock import VirtualClock
 from twin.estimator_config import build_estimator
 from twin.loop import run_loop
-from twin.plant_setup import build_plant
 from twin.record import MemoryRecord
 from twin.runner import twin_params
 from twin.scenario import Scenario
@@ -115,7 +114,7 @@ def run_one(scenario: Scenario, planner: str) -> ControllerScore:
     start = time.perf_counter()
     spec = scenario.spec()
     pl = scenario.plant
-    sim = build_plant(spec, params=pl.params, x0=pl.x0, mismatch=pl.mismatch, sensors=pl.sensors)
+    sim = scenario.new_plant(spec)
     p = twin_params(spec, scenario)
     controller = _Truth(build_cascade(scenario, spec, p, planner), sim)
     plant = InProcessPlant(ProtocolHandler(sim))

@@ -25,8 +25,10 @@ from plant_models.registry import resolve_model
 from plant_models.spec import Bounds, ModelSpec
 from twin.cascade_setup import CascadeSection, parse_cascade
 from twin.estimator_config import EstimatorConfig, parse_estimator
-from twin.plant_setup import PlantMismatch, parse_mismatch
+from twin.plant_setup import PlantMismatch, build_plant, parse_mismatch
 from twin.sensors import SensorConfig, parse_sensors
+from twin.simulated_plant import SimulatedPlant
+from twin.simulator import SimulatorConfig
 
 #: The do-mpc fed-batch example (also shipped as scenarios/fedbatch_haldane.toml): fast, no mismatch.
 HALDANE_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
@@ -95,6 +97,19 @@ class Scenario:
     def spec(self) -> ModelSpec:
         """Resolve the model (built-in name or ``package.module:function``)."""
         return resolve_model(self.model)
+
+    def new_plant(self, spec: ModelSpec | None = None) -> SimulatedPlant:
+        """A fresh simulated plant as ``[plant]`` describes it (true parameters or the seeded draw, x0,
+        tolerances, process noise, sensors): what ``bioimp plant serve --scenario`` serves."""
+        pl = self.plant
+        return build_plant(
+            spec if spec is not None else self.spec(),
+            params=pl.params,
+            x0=pl.x0,
+            sim_config=SimulatorConfig(pl.rtol, pl.atol),
+            mismatch=pl.mismatch,
+            sensors=pl.sensors,
+        )
 
 
 CONTROLLER_KINDS = ("nmpc", "do-mpc", "cascade")

@@ -20,12 +20,10 @@ from twin.clock import VirtualClock
 from twin.estimator_config import build_estimator
 from twin.interfaces import Estimate, Estimator, Measurements, Plant
 from twin.loop import run_loop
-from twin.plant_setup import build_plant
 from twin.record import MemoryRecord
 from twin.runner import twin_params
 from twin.scenario import Scenario, parse_scenario
 from twin.simulated_plant import SimulatedPlant
-from twin.simulator import SimulatorConfig
 
 SCENARIO_PATH = Path(__file__).parent / "data" / "cho_estimation.toml"
 FEED_L_PER_H = 0.5 / 336  # 0.5 L over 14 days: glucose never runs out, so no starvation stiffness
@@ -84,11 +82,7 @@ class Run:
 
 def new_plant(sc: Scenario) -> SimulatedPlant:
     """The scenario's simulated plant, as ``bioimp plant serve --scenario`` builds it."""
-    p = sc.plant
-    tolerances = SimulatorConfig(p.rtol, p.atol)
-    return build_plant(
-        sc.spec(), params=p.params, x0=p.x0, sim_config=tolerances, mismatch=p.mismatch, sensors=p.sensors
-    )
+    return sc.new_plant()
 
 
 def run(sc: Scenario, steps: int, estimator: Estimator | None = None, plant: Plant | None = None) -> Run:

@@ -38,12 +38,10 @@ from twin.estimator_config import build_estimator
 from twin.interfaces import Plant
 from twin.kpis import summary, trajectory
 from twin.loop import run_loop
-from twin.plant_setup import build_plant
 from twin.record import MemoryRecord
 from twin.runner import build_controller, twin_params
 from twin.scenario import Scenario, parse_scenario
 from twin.simulated_plant import SimulatedPlant
-from twin.simulator import SimulatorConfig
 from twin.sweep.cases import Case, canonical
 from twin.sweep.config import KpiConfig
 
@@ -226,15 +224,7 @@ class CaseContext:
 def _run(case: Case, kpi: KpiConfig, connect: Connector) -> dict[str, Any]:
     scenario = parse_scenario(case.scenario_text, f"<case {case.key[:12]}>")
     spec = _spec(scenario)
-    pl = scenario.plant
-    sim = build_plant(
-        spec,
-        params=pl.params,
-        x0=pl.x0,
-        sim_config=SimulatorConfig(rtol=pl.rtol, atol=pl.atol),
-        mismatch=pl.mismatch,
-        sensors=pl.sensors,
-    )
+    sim = scenario.new_plant(spec)
     p = twin_params(spec, scenario)
     controller = _controller(scenario, spec, p)
     plant = connect(sim)
@@ -249,7 +239,7 @@ def _run(case: Case, kpi: KpiConfig, connect: Connector) -> dict[str, Any]:
     loop = run_loop(
         spec=spec,
         plant=plant,
-        estimator=build_estimator(spec, p, scenario.estimator, pl.sensors),
+        estimator=build_estimator(spec, p, scenario.estimator, scenario.plant.sensors),
         controller=controller,
         clock=VirtualClock(advance, scenario.loop.period_s),
         recorder=record,
