@@ -1,8 +1,8 @@
 """What the loop records, as it happens: the seam between the loop and a batch record.
 
 ``Recorder`` is the protocol the loop writes to, in the order the data flow happens. ``MemoryRecord``
-keeps everything in memory (offline runs, tests); the durable batch record (SQLite, next issue) is
-meant to implement the same protocol.
+keeps everything in memory (offline runs, tests); the durable batch record
+(:class:`twin.batch_record.BatchRecord`, SQLite) implements the same protocol.
 """
 
 from __future__ import annotations
