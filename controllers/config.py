@@ -6,8 +6,9 @@ One ``MpcConfig`` describes the problem (horizon, sample period, objective, boun
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -153,3 +154,23 @@ def dompc_example_config() -> MpcConfig:
         ),
         input_bounds=MappingProxyType({"inp": (0.0, 0.2)}),
     )
+
+
+def scenario_overrides(
+    spec: ModelSpec, uncertainty: Mapping[str, Sequence[float]]
+) -> list[tuple[tuple[int, float], ...]]:
+    """Scenarios as ``(param index, value)`` overrides, in ``itertools.product`` order (do-mpc's).
+
+    Raises:
+        ScenarioError: an unknown parameter name or an empty list of values.
+    """
+    for name, values in uncertainty.items():
+        if name not in spec.params:
+            raise ScenarioError(f"uncertainty.{name}: model {spec.name!r} has no such parameter")
+        if len(values) == 0:
+            raise ScenarioError(f"uncertainty.{name}: needs at least one value (the nominal one)")
+    names = list(uncertainty)
+    return [
+        tuple((spec.params.index(n), float(v)) for n, v in zip(names, combo, strict=True))
+        for combo in itertools.product(*(uncertainty[n] for n in names))
+    ]

@@ -21,7 +21,6 @@ defaults to off), and ``u_-1`` for the move penalty is the input do-mpc itself r
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import warnings
@@ -31,7 +30,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from controllers.config import MpcConfig
+from controllers.config import MpcConfig, scenario_overrides
 from controllers.interfaces import ControlStep, FloatArray
 from plant_models.errors import ModelError, ScenarioError
 from plant_models.spec import ModelSpec
@@ -108,7 +107,7 @@ class DoMpcController:
                 raise ScenarioError(f"objective.delta_u.{name}: weight must be >= 0, got {weight}")
         self.spec = spec
         self.config = config
-        self._uncertain = _uncertain_combinations(spec, uncertainty or {})
+        self._uncertain = scenario_overrides(spec, uncertainty or {})
         self.n_scenarios = len(self._uncertain)
         p0 = np.asarray(spec.vector("params", spec.nominal_params) if p is None else p, dtype=float)
         self._check_length("p", p0, spec.np)
@@ -264,23 +263,3 @@ class DoMpcController:
             predicted_x=predicted_x.astype(float),
             planned_u=planned_u.astype(float),
         )
-
-
-def _uncertain_combinations(
-    spec: ModelSpec, uncertainty: Mapping[str, Sequence[float]]
-) -> list[tuple[tuple[int, float], ...]]:
-    """Scenarios as ``(param index, value)`` overrides; itertools.product order, as do-mpc's own.
-
-    Raises:
-        ScenarioError: an unknown parameter name or an empty list of values.
-    """
-    for name, values in uncertainty.items():
-        if name not in spec.params:
-            raise ScenarioError(f"uncertainty.{name}: model {spec.name!r} has no such parameter")
-        if len(values) == 0:
-            raise ScenarioError(f"uncertainty.{name}: needs at least one value (the nominal one)")
-    names = list(uncertainty)
-    combos = itertools.product(*(uncertainty[n] for n in names))
-    return [
-        tuple((spec.params.index(n), float(v)) for n, v in zip(names, combo, strict=True)) for combo in combos
-    ]

@@ -142,3 +142,17 @@ class StagewiseQp:
         d, lam, viol = out[:nw], out[nw:-1], out[-1]
         ok = bool(np.isfinite(viol) and viol <= FEASIBILITY_TOL and np.all(np.isfinite(out)))
         return QpSolution(d, lam, ok, "ok" if ok else "qp_failed")
+
+
+@dataclass
+class PreparedQp:
+    """A QP built at a guess: everything except the measurement-dependent bounds of ``z_0``."""
+
+    w: FloatArray
+    p: FloatArray
+    h_nz: FloatArray
+    a: ca.DM
+    grad: ca.DM
+    b: ca.DM
+    lbd: FloatArray
+    ubd: FloatArray

@@ -20,59 +20,23 @@ Converged and real-time-iteration modes, budget and fallbacks as there.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import casadi as ca
 import numpy as np
 
 from controllers.codegen import Compiled, compile_function
-from controllers.config import MpcConfig
-from controllers.hpipm_qp import FEASIBILITY_TOL, StagewiseQp
+from controllers.config import MpcConfig, scenario_overrides
+from controllers.hpipm_qp import FEASIBILITY_TOL, PreparedQp, StagewiseQp
 from controllers.interfaces import ControlStep, FloatArray
 from controllers.stagewise import rk4_step, weighted_signals
 from plant_models.errors import ScenarioError
 from plant_models.spec import ModelSpec
 
 IntArray = np.ndarray
-
-
-def scenario_overrides(
-    spec: ModelSpec, uncertainty: Mapping[str, Sequence[float]]
-) -> list[tuple[tuple[int, float], ...]]:
-    """Scenarios as ``(param index, value)`` overrides, in ``itertools.product`` order (do-mpc's).
-
-    Raises:
-        ScenarioError: an unknown parameter name or an empty list of values.
-    """
-    for name, values in uncertainty.items():
-        if name not in spec.params:
-            raise ScenarioError(f"uncertainty.{name}: model {spec.name!r} has no such parameter")
-        if len(values) == 0:
-            raise ScenarioError(f"uncertainty.{name}: needs at least one value (the nominal one)")
-    names = list(uncertainty)
-    return [
-        tuple((spec.params.index(n), float(v)) for n, v in zip(names, combo, strict=True))
-        for combo in itertools.product(*(uncertainty[n] for n in names))
-    ]
-
-
-@dataclass
-class _Prepared:
-    """A QP built at a guess, except for the measurement-dependent bounds of ``z_0``."""
-
-    w: FloatArray
-    p: FloatArray
-    h_nz: FloatArray
-    a: ca.DM
-    grad: ca.DM
-    b: ca.DM
-    lbd: FloatArray
-    ubd: FloatArray
 
 
 class RobustSqpMpc:
@@ -198,7 +162,7 @@ class RobustSqpMpc:
         self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs], dtype=float)
         self._w: FloatArray | None = None
         self._lam = np.zeros(ng)
-        self._prepared: _Prepared | None = None
+        self._prepared: PreparedQp | None = None
         self._iter_s: float | None = None
         self._plan: FloatArray | None = None
 
@@ -315,7 +279,7 @@ class RobustSqpMpc:
         last = w[off[self._n - 1] : off[self._n]]  # repeat the last interval
         return np.concatenate([stage0, middle, last, w[off[self._n] :]])
 
-    def prepare(self, w: FloatArray, lam: FloatArray, params: FloatArray) -> _Prepared:
+    def prepare(self, w: FloatArray, lam: FloatArray, params: FloatArray) -> PreparedQp:
         """Linearise at ``w``, ``lam`` with scenario parameters ``params``: the QP minus ``z_0``."""
         nv, nz, s_count, n = self._nv, self._nz, self._s, self._n
         h_dm, a, grad, b = self._prep_fn(w, lam, params)
@@ -327,9 +291,9 @@ class RobustSqpMpc:
         ])
         h_nz = np.zeros(self._h_sp.nnz())
         h_nz[self._h_scatter] = clipped
-        return _Prepared(w, params.copy(), h_nz, a, grad, b, self._lbw - w, self._ubw - w)
+        return PreparedQp(w, params.copy(), h_nz, a, grad, b, self._lbw - w, self._ubw - w)
 
-    def _feedback(self, prep: _Prepared, x: FloatArray) -> tuple[FloatArray, FloatArray, bool]:
+    def _feedback(self, prep: PreparedQp, x: FloatArray) -> tuple[FloatArray, FloatArray, bool]:
         """Pin ``z_0 = [x; u_prev]`` and solve: the new iterate's step, multipliers, success."""
         nz = self._nz
         lbd, ubd = prep.lbd.copy(), prep.ubd.copy()

@@ -20,31 +20,15 @@ iteration fits, the previous plan shifted by one interval (``fallback="shifted_p
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-import casadi as ca
 import numpy as np
 
 from controllers.codegen import Compiled, compile_function
 from controllers.config import MpcConfig
-from controllers.hpipm_qp import QpSolution, StagewiseQp
+from controllers.hpipm_qp import PreparedQp, QpSolution, StagewiseQp
 from controllers.interfaces import ControlStep, FloatArray
 from controllers.stagewise import StagewiseOcp, build_stagewise
 from plant_models.spec import ModelSpec
-
-
-@dataclass
-class _Prepared:
-    """A QP built at a guess: everything except the measurement-dependent bounds of ``z_0``."""
-
-    w: FloatArray
-    p: FloatArray
-    h_nz: FloatArray
-    a: ca.DM
-    grad: ca.DM
-    b: ca.DM
-    lbd: FloatArray
-    ubd: FloatArray
 
 
 class SqpMpc:
@@ -73,11 +57,11 @@ class SqpMpc:
         self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs], dtype=float)
         self._w: FloatArray | None = None
         self._lam = np.zeros(self._qp.ng)
-        self._prepared: _Prepared | None = None
+        self._prepared: PreparedQp | None = None
         self._iter_s: float | None = None  # wall time of the last SQP iteration (budget prediction)
 
     # -- preparation: everything that does not need the measurement ---------------------------
-    def prepare(self, w: FloatArray, lam: FloatArray, p: FloatArray) -> _Prepared:
+    def prepare(self, w: FloatArray, lam: FloatArray, p: FloatArray) -> PreparedQp:
         """Linearise at guess ``w`` with multipliers ``lam`` and parameters ``p``: the QP minus ``z_0``."""
         ocp = self.ocp
         n, nz, nv = ocp.n, ocp.nz, ocp.nv
@@ -87,10 +71,10 @@ class SqpMpc:
             self._qp.convexify(h_flat[: n * nv * nv].reshape(n, nv, nv)).ravel(),
             self._qp.convexify(h_flat[n * nv * nv :].reshape(nz, nz)).ravel(),
         ])
-        return _Prepared(w, p.copy(), h_nz, a, grad, b, ocp.lbw - w, ocp.ubw - w)
+        return PreparedQp(w, p.copy(), h_nz, a, grad, b, ocp.lbw - w, ocp.ubw - w)
 
     # -- feedback: the part that needs the measurement -----------------------------------------
-    def _feedback(self, prep: _Prepared, z0: FloatArray) -> QpSolution:
+    def _feedback(self, prep: PreparedQp, z0: FloatArray) -> QpSolution:
         """Pin ``z_0`` to the measurement and solve the prepared QP for the step from ``prep.w``."""
         nz = self.ocp.nz
         lbd, ubd = prep.lbd.copy(), prep.ubd.copy()
