@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +40,7 @@ def _problem(scenario: Scenario, intervals: int | None) -> tuple[ModelSpec, Batc
     if scenario.cascade is not None:
         section = scenario.cascade
         cfg = section.ocp_config()
-        return section.spec(), BatchOcpConfig(
-            intervals=intervals or cfg.intervals,
-            objective=cfg.objective,
-            state_bounds=cfg.state_bounds,
-            input_bounds=cfg.input_bounds,
-            substeps=cfg.substeps,
-            penalty=cfg.penalty,
-            cost_scale=cfg.cost_scale,
-            max_iter=cfg.max_iter,
-        )
+        return section.spec(), replace(cfg, intervals=intervals or cfg.intervals)
     spec = scenario.spec()
     mpc = scenario.controller.mpc
     n = intervals or scenario.loop.steps
