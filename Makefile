@@ -15,6 +15,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The dashboard test drives Debian's Chromium (no browser download at run time: Playwright is pointed at
+# /usr/bin/chromium). Installed once through apt, with sudo when not root.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$$( [ "$$(id -u)" -eq 0 ] || echo sudo ) apt-get update -qq
+	$$( [ "$$(id -u)" -eq 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
 # Each run is a new batch with its own record (a batch record is never overwritten): a directory per run.
 run: setup
 	$(BIN)/bioimp run --out runs/fedbatch_haldane-$$(date -u +%Y%m%dT%H%M%SZ)
@@ -30,7 +38,7 @@ lint: setup
 	$(BIN)/mypy
 
 # Tests and benchmarks in quick mode: every benchmark runs once as a test, budgets are not asserted.
-test: lint
+test: lint $(CHROMIUM)
 	$(BIN)/pytest -q --benchmark-disable -m "not full" tests bench
 
 # The slow acceptance tests (marked `full`: the 14-day CHO comparison, about 4 minutes).

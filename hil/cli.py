@@ -86,7 +86,9 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``bioimp`` subcommand."""
+    from hil.dashboard.cli import add_dashboard_parser
     from hil.emulator.cli import add_emulate_parser
+    from hil.fit_cli import add_fit_parser
     from hil.gateway.cli import add_gateway_parser
     from hil.record_cli import add_batch_run_options, add_record_parsers
     from hil.server import add_plant_serve_parser
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_emulate_parser(sub)
     add_sweep_parser(sub)  # bioimp sweep (hil/sweep_cli.py)
     add_study_parsers(sub)  # bioimp optimize, bioimp compare (hil/study_cli.py)
+    add_dashboard_parser(sub)  # bioimp dashboard (hil/dashboard/cli.py)
+    add_fit_parser(sub)  # bioimp fit (hil/fit_cli.py)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The live operator view of a running batch (``bioimp dashboard``)."""

@@ -1,0 +1,1 @@
+"""Calibrating the twin from batch data: parameter estimation with confidence (``bioimp fit``)."""
