@@ -22,6 +22,7 @@ import numpy as np
 
 from controllers.config import MpcConfig
 from controllers.interfaces import ControlStep, FloatArray
+from controllers.live_bounds import set_stage_bounds
 from controllers.sqp import SqpMpc
 from controllers.stagewise import rk4_step, weighted_signals
 from plant_models.spec import ModelSpec
@@ -117,6 +118,20 @@ class Mpc:
         self._lam_x0 = np.zeros(self._nw)
         self._lam_g0 = np.zeros(self._ng)
         self._stride = nx + nu
+
+    def set_bounds(self, name: str, lo: float, hi: float) -> tuple[float, float]:
+        """Bound state or input ``name`` to ``[lo, hi]`` from the next step on (an operator action).
+
+        Returns:
+            The old bounds.
+
+        Raises:
+            ScenarioError: an unknown name, or bounds that admit no value.
+        """
+        nx, nu = self.spec.nx, self.spec.nu
+        return set_stage_bounds(
+            self._lbw, self._ubw, self.spec, name, (lo, hi), horizon=self.config.horizon, block=nx + nu, input_offset=nx
+        )
 
     def _initial_guess(self, x: FloatArray, p: FloatArray) -> FloatArray:
         """Cold start: hold the last input and roll the model out, so the guess satisfies the dynamics."""

@@ -27,6 +27,7 @@ from controllers.codegen import Compiled, compile_function
 from controllers.config import MpcConfig
 from controllers.hpipm_qp import PreparedQp, QpSolution, StagewiseQp
 from controllers.interfaces import ControlStep, FloatArray
+from controllers.live_bounds import set_stage_bounds
 from controllers.stagewise import StagewiseOcp, build_stagewise
 from plant_models.spec import ModelSpec
 
@@ -59,6 +60,24 @@ class SqpMpc:
         self._lam = np.zeros(self._qp.ng)
         self._prepared: PreparedQp | None = None
         self._iter_s: float | None = None  # wall time of the last SQP iteration (budget prediction)
+
+    def set_bounds(self, name: str, lo: float, hi: float) -> tuple[float, float]:
+        """Bound state or input ``name`` to ``[lo, hi]`` from the next step on (an operator action).
+
+        The prepared QP (RTI) holds the old bounds, so it is dropped and the next step prepares afresh.
+
+        Returns:
+            The old bounds.
+
+        Raises:
+            ScenarioError: an unknown name, or bounds that admit no value.
+        """
+        ocp = self.ocp
+        old = set_stage_bounds(
+            ocp.lbw, ocp.ubw, self.spec, name, (lo, hi), horizon=ocp.n, block=ocp.nv, input_offset=ocp.nz
+        )
+        self._prepared = None
+        return old
 
     # -- preparation: everything that does not need the measurement ---------------------------
     def prepare(self, w: FloatArray, lam: FloatArray, p: FloatArray) -> PreparedQp:

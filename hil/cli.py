@@ -86,6 +86,7 @@ def _cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``bioimp`` subcommand."""
+    from hil.console import add_console_options
     from hil.dashboard.cli import add_dashboard_parser
     from hil.emulator.cli import add_emulate_parser
     from hil.fit_cli import add_fit_parser
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_batch_run_options(run)  # the durable batch record and --resume (hil/record_cli.py)
     add_client_key_options(run)
+    add_console_options(run)  # --publish, --operator-endpoint: the dashboard's channel (hil/console.py)
 
     sim = sub.add_parser("simulate", help="open-loop simulation from an inputs CSV")
     sim.add_argument("--model", required=True, help="model name or package.module:function")

@@ -34,6 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from hil.cli import client_keys_from_args
     from hil.client import ZmqPlant
+    from hil.console import console_from_args
     from hil.heartbeat import HeartbeatSender, heartbeat_period_s
     from hil.launch import spawn_plant_server
     from hil.plant_events import PlantEventListener
@@ -91,7 +92,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             identity = b"bioimp-" + secrets.token_hex(8).encode()
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
-            result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry))
+            console = console_from_args(args)
+            if console is not None:
+                stack.enter_context(console)
+            result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry), console=console)
             if scenario.plant.sensors is not None:
                 # Instruments, not states: draw estimate, assays and (our own plant only) the replayed truth.
                 from twin.batch_figure import replay_truth, write_batch_figure

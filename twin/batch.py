@@ -21,6 +21,7 @@ from plant_models.spec import ModelSpec
 from twin.batch_record import RECORD_FILE, BatchRecord, Durability, RecordConfig, RunMeta
 from twin.checkpoint import snapshot
 from twin.clock import loop_clock
+from twin.console import ConsoleTap, LiveBatch, LoopConsole
 from twin.estimator_config import build_estimator
 from twin.interfaces import Controller, ControlStep, Estimate, Estimator, FloatArray, Measurements, Plant
 from twin.loop import LoopResult, run_loop
@@ -185,10 +186,13 @@ def run_batch(
     setup: BatchSetup,
     *,
     plant_events: Callable[[], Iterable[EventRow]] | None = None,
+    console: LoopConsole | None = None,
 ) -> RunResult:
     """Run the scenario's batch against ``plant``, recorded durably in ``out_dir/record.sqlite``.
 
     Durability follows the plant's clock: ``full`` for a real-time plant, ``normal`` for a virtual one.
+    A ``console`` (the operator channel) sees every controller step and serves operator requests once
+    per period, in the loop's thread (:mod:`twin.console`).
 
     Raises:
         RecordError: ``out_dir`` already holds a batch record.
@@ -216,17 +220,22 @@ def run_batch(
     record = BatchRecord.create(out_dir / RECORD_FILE, meta, config)
     try:
         record.set_checkpoint(lambda: snapshot(estimator, controller))
+        recorder: Recorder = record
+        if console is not None:
+            console.attach(LiveBatch(spec, plant, controller, record, scenario.loop.period_s))
+            recorder = ConsoleTap(record, console)
         run_loop(
             spec=spec,
             plant=plant,
             estimator=estimator,
             controller=controller,
             clock=loop_clock(info, plant.advance, scenario.loop.period_s),
-            recorder=record,
+            recorder=recorder,
             steps=scenario.loop.steps,
             period_s=scenario.loop.period_s,
             budget_s=scenario.controller.budget_s,
             plant_events=plant_events,
+            between_steps=None if console is None else console.poll,
         )
         return finish_batch(record, scenario, out_dir, controller.name)
     finally:

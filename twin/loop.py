@@ -55,6 +55,7 @@ def run_loop(
     budget_s: float | None = None,
     first_seq: int = 1,
     plant_events: Callable[[], Iterable[EventRow]] | None = None,
+    between_steps: Callable[[], None] | None = None,
 ) -> LoopResult:
     """Run ``steps`` periods of closed-loop control and a final read.
 
@@ -72,6 +73,8 @@ def run_loop(
         first_seq: sequence number of the first setpoint (so a resumed run continues the sequence).
         plant_events: what the plant announced on its own (fail-safe, a gateway's device faults), drained
             into the recorder before each read.
+        between_steps: called once at the start of every period, in the loop's thread (the operator
+            channel of ``bioimp run``: a re-arm or a bound change takes effect between two steps).
     """
     misses = refused = fallbacks = 0
     u_applied: FloatArray | None = None
@@ -80,6 +83,8 @@ def run_loop(
     seq = first_seq
     t_last = float("nan")  # plant time of the last reading
     for step in range(steps):
+        if between_steps is not None:
+            between_steps()
         _record_plant_events(plant_events, recorder)
         try:
             meas = plant.read()
