@@ -254,6 +254,10 @@ def _connect(path: Path, durability: Durability) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+    # Copy the WAL into the database every 4000 pages (16 MB) instead of SQLite's 1000: each copy is
+    # two fsyncs, and the resume state rewritten at every step would otherwise trigger one every few
+    # dozen steps. The WAL is copied and removed when the record is closed.
+    conn.execute("PRAGMA wal_autocheckpoint=4000")
     return conn
 
 

@@ -221,26 +221,41 @@ class ExtendedKalmanFilter:
     # --- twin.checkpoint.Checkpointable (a resumed batch continues with the same history) ---------
 
     def checkpoint(self) -> Mapping[str, FloatArray]:
-        """The whole filter state as arrays: history nodes, their measurements, the last seq per device."""
+        """The whole filter state as arrays, compactly: the oldest history node in full (``z0``, ``P0``)
+        and, for every node, only what it was computed from — its time, held input and applied
+        measurements. A later node is the prediction from the one before it followed by its
+        measurements, which is exactly how :meth:`update` and the re-filtering made it, so
+        :meth:`restore` recomputes the same floats. Storing every node's covariance instead would cost
+        ``nz²`` values per node: 30 h of 1-min nodes of a 13-state twin is 2.7 MB per checkpoint, one
+        per controller step."""
         h = self._history
         meas = [(i, k, v) for i, n in enumerate(h) for k, v in n.meas]
+        first = h[0] if h else _Node(0.0, self._z0, self._P0, np.zeros(self.spec.nu))
         return {
             "t": np.array([n.t_s for n in h]),
-            "z": np.array([n.z for n in h]).reshape(len(h), self.model.nz),
-            "P": np.array([n.P for n in h]).reshape(len(h), self.model.nz, self.model.nz),
+            "z0": first.z.copy(),
+            "P0": first.P.copy(),
             "u": np.array([n.u for n in h]).reshape(len(h), self.spec.nu),
             "meas": np.array(meas, dtype=float).reshape(len(meas), 3),
             "last_seq": np.array([self._last_seq.get(d.device, -1) for d in self.devices], dtype=float),
         }
 
     def restore(self, state: Mapping[str, FloatArray]) -> None:
-        """Continue from a :meth:`checkpoint`."""
-        nodes = [
-            _Node(float(t), np.array(z), np.array(P), np.array(u))
-            for t, z, P, u in zip(state["t"], state["z"], state["P"], state["u"], strict=True)
-        ]
+        """Continue from a :meth:`checkpoint` (re-propagating the history from its oldest node)."""
+        applied: list[list[tuple[int, float]]] = [[] for _ in state["t"]]
         for i, k, v in state["meas"]:
-            nodes[int(i)].meas.append((int(k), float(v)))
+            applied[int(i)].append((int(k), float(v)))
+        nodes: list[_Node] = []
+        for i, (t, u) in enumerate(zip(state["t"], state["u"], strict=True)):
+            if not nodes:
+                nodes.append(_Node(float(t), np.array(state["z0"]), np.array(state["P0"]), np.array(u), applied[0]))
+                continue
+            prev = nodes[-1]
+            z, P = self._predict(prev.z, prev.P, prev.u, float(t) - prev.t_s)
+            node = _Node(float(t), z, P, np.array(u))
+            for k, v in applied[i]:
+                self._apply(node, k, v, gate=False)
+            nodes.append(node)
         self._history = nodes
         seqs = zip(self.devices, state["last_seq"], strict=True)
         self._last_seq = {d.device: int(q) for d, q in seqs if q >= 0}
