@@ -43,7 +43,7 @@ def cli_fit(runs: tuple[Path, list[SimBatch]]) -> Path:
 @pytest.fixture(scope="module")
 def fitted(runs: tuple[Path, list[SimBatch]]) -> tuple[FitResult, Problem]:
     """The same fit through the library, with the built problem kept for the CSV fit."""
-    root, batches = runs
+    _, batches = runs
     fit = parse_fit_spec(FIT_SPEC)
     spec = fit.spec()
     problem = Problem(fit, spec)
