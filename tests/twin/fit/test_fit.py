@@ -147,3 +147,17 @@ def test_a_non_identifiable_pair_is_flagged(runs: tuple[Path, list[SimBatch]]) -
         assert any(f.startswith("huge CI") for f in p.flags), p.flags
         assert p.se / p.estimate > 1.0 / 1.96
         assert p.ci95[0] < 0.2 * p.estimate and p.ci95[1] > 5.0 * p.estimate
+
+
+def test_estimated_noise_scale(runs: tuple[Path, list[SimBatch]]) -> None:
+    """Xv's σ given as 10 % but estimated: the fit finds the assay's real 5 % (scale ≈ 0.5)."""
+    _, batches = runs
+    spec_text = FIT_SPEC.replace("Xv = { rel_sigma = 0.05 }", "Xv = { rel_sigma = 0.10, estimate = true }")
+    fit = parse_fit_spec(spec_text.replace("starts = 2", "starts = 1"))
+    result = fit_batches(fit, load_batches([b.directory for b in batches], fit, fit.spec()))
+    assert result.success
+    assert 0.35 < result.noise_factor["Xv"] < 0.7, result.noise_factor
+    assert result.noise_factor["Glc"] == 1.0  # known σ stays as given
+    true = truth(TRUE_SEED)
+    for p in result.params:
+        assert p.ci95[0] <= true[p.name] <= p.ci95[1], p
