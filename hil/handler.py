@@ -67,7 +67,7 @@ from hil.protocol import (
 from plant_models.errors import BioimpError, ProtocolError
 from twin.interfaces import DeviceInfo, PlantState
 
-__all__ = ["INSECURE_WARNING", "ClockKind", "ProtocolHandler", "Security", "Telemetry"]
+__all__ = ["INSECURE_WARNING", "MAX_ADVANCE_S", "ClockKind", "ProtocolHandler", "Security", "Telemetry"]
 
 log = logging.getLogger("bioimp.hil")
 
@@ -77,6 +77,11 @@ Security = Literal["curve", "none", "insecure"]
 INSECURE_WARNING = "no authentication or encryption on a network endpoint (--insecure)"
 #: A telemetry message to publish: (topic, payload).
 Telemetry = tuple[str, bytes]
+#: The longest span one ``advance`` may move a virtual clock (a year; a 14-day batch is 1.2e6 s). The span
+#: is integrated in one go and, with assays configured, sampled at every assay instant in it, all in the
+#: server's one thread: ``dt`` = 1e15 s held the plant server (and its watchdog) for hours, 1e308 s made
+#: the integrator fail. Found by tests/faults/test_fuzz_handler.py.
+MAX_ADVANCE_S = 366 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,8 @@ class ProtocolHandler:
             raise RequestError(NOT_FINITE, "'dt' must be a finite number of seconds", rid)
         if request.dt_s < 0:
             raise RequestError(OUT_OF_RANGE, f"'dt' must be >= 0 s, got {request.dt_s}", rid)
+        if request.dt_s > MAX_ADVANCE_S:
+            raise RequestError(OUT_OF_RANGE, f"'dt' must be <= {MAX_ADVANCE_S:g} s (a year), got {request.dt_s:g}", rid)
         time_s = self.backend.advance(request.dt_s)
         return {"time": time_s}, [self.sample()]
 
