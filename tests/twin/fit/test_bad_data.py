@@ -30,11 +30,11 @@ def _run(tmp_path: Path, csv_lines: list[str], capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("lines", "row", "words"),
     [
-        (GOOD[:2] + ["48,8.4e8,25.1,41.0", "24,5.1e8,28.0,15.0"], 4, "time must increase"),
-        (GOOD[:2] + ["24,5.1e8,-2.0,15.0"] + GOOD[3:], 3, "negative Glc"),
-        (["t,Xv,Glucose,mAb"] + GOOD[1:], 1, "unknown signal 'Glucose'"),
-        (GOOD[:2] + ["24,5.1e8,abc,15.0"] + GOOD[3:], 3, "not a number"),
-        (GOOD[:2] + ["24,5.1e8,28.0"] + GOOD[3:], 3, "expected 4 cells"),
+        ([*GOOD[:2], "48,8.4e8,25.1,41.0", "24,5.1e8,28.0,15.0"], 4, "time must increase"),
+        ([*GOOD[:2], "24,5.1e8,-2.0,15.0", *GOOD[3:]], 3, "negative Glc"),
+        (["t,Xv,Glucose,mAb", *GOOD[1:]], 1, "unknown signal 'Glucose'"),
+        ([*GOOD[:2], "24,5.1e8,abc,15.0", *GOOD[3:]], 3, "not a number"),
+        ([*GOOD[:2], "24,5.1e8,28.0", *GOOD[3:]], 3, "expected 4 cells"),
     ],
 )
 def test_bad_csv_row_is_one_line_naming_file_and_row(
