@@ -161,3 +161,15 @@ def test_estimated_noise_scale(runs: tuple[Path, list[SimBatch]]) -> None:
     true = truth(TRUE_SEED)
     for p in result.params:
         assert p.ci95[0] <= true[p.name] <= p.ci95[1], p
+
+
+def test_no_converged_start_exits_1_with_the_status_in_fit_json(runs: tuple[Path, list[SimBatch]]) -> None:
+    root, _ = runs
+    spec = root / "spec_short.toml"
+    spec.write_text(FIT_SPEC.replace("starts = 2", "starts = 1\nmax_iter = 2"), encoding="utf-8")
+    out = root / "out_short"
+    assert main(["fit", str(spec), "--data", str(root / "runs" / "b1"), "--out", str(out)]) == 1
+    report = json.loads((out / "fit.json").read_text())
+    assert report["success"] is False
+    assert report["solver"]["starts"][0]["status"] == "Maximum_Iterations_Exceeded"
+    assert (out / "params.toml").exists()
