@@ -33,7 +33,6 @@ from typing import Any, Self
 import numpy as np
 import zmq
 import zmq.auth
-from zmq.utils import z85
 
 from controllers.live_bounds import AdjustableBounds
 from hil.security import ClientKeys, ServerKeys, apply_client_keys, is_local_endpoint, start_authenticator
@@ -184,7 +183,7 @@ class RunConsole:
                     public, _ = zmq.auth.load_certificate(path)
                 except (OSError, ValueError):
                     continue
-                self._names[z85.encode(public).decode()] = path.stem
+                self._names[public.decode()] = path.stem  # pyzmq certificates hold z85 text
         return self._names.get(user_id, user_id)
 
     def _serve(self, raw: bytes, key: str) -> dict[str, Any]:
