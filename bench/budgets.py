@@ -41,7 +41,13 @@ BUDGETS: dict[str, Budget] = {
         50.0, "MB", "batch record of a 14-day batch at 1-min sampling, CHO-shaped rows (issue 6)"
     ),
     "record_write_share_of_loop": Budget(
-        0.10, "ratio", "time spent writing the batch record / the closed loop's time (Haldane NMPC, issue 6)"
+        0.10, "ratio", "time spent writing the batch record / the closed loop's time, 14-day CHO batch (issue 6)"
+    ),
+    "sweep_speedup_2_workers": Budget(
+        1 / 1.7, "ratio", "sweep: time per case with 2 local workers / with 1, steady state (issue 7: >= 1.7x)"
+    ),
+    "sweep_dask_overhead": Budget(
+        0.10, "ratio", "sweep: extra time per case on a Dask LocalCluster of 2 vs a local pool of 2 (issue 7)"
     ),
     "ekf_update_p99_ms": Budget(
         200.0, "ms", "CHO EKF update (7 states + 5 parameters), well inside the 1-min online sampling period"
