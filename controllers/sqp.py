@@ -64,7 +64,10 @@ class SqpMpc:
     def set_bounds(self, name: str, lo: float, hi: float) -> tuple[float, float]:
         """Bound state or input ``name`` to ``[lo, hi]`` from the next step on (an operator action).
 
-        The prepared QP (RTI) holds the old bounds, so it is dropped and the next step prepares afresh.
+        The prepared QP (RTI) holds the old bounds and the warm start (the shifted plan and its
+        multipliers) may lie outside the new ones: all three are dropped, and the next step starts cold
+        (a rollout within the new bounds, iterated to convergence), as after a fallback to safe hold. A
+        QP linearised at the old plan after a tightening below the current input was measured to fail.
 
         Returns:
             The old bounds.
@@ -77,6 +80,8 @@ class SqpMpc:
             ocp.lbw, ocp.ubw, self.spec, name, (lo, hi), horizon=ocp.n, block=ocp.nv, input_offset=ocp.nz
         )
         self._prepared = None
+        self._w = None
+        self._lam = np.zeros(self._qp.ng)
         return old
 
     # -- preparation: everything that does not need the measurement ---------------------------
