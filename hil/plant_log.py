@@ -50,6 +50,11 @@ class LoggedBackend:
         """The inner backend's time (s)."""
         return self.inner.time_s
 
+    @property
+    def time_scale(self) -> float:
+        """The inner backend's plant seconds per wall second (1 when it has none)."""
+        return float(getattr(self.inner, "time_scale", 1.0))
+
     def devices(self) -> tuple[DeviceInfo, ...]:
         """The inner backend's devices."""
         return self.inner.devices()

@@ -38,21 +38,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hil.heartbeat import HeartbeatSender, heartbeat_period_s
     from hil.launch import spawn_plant_server
     from hil.plant_events import PlantEventListener
-    from twin.batch import BatchSetup, operator_name, run_batch
+    from twin.batch import BatchSetup, operator_name, patient_hello, run_batch
     from twin.batch_record import RECORD_FILE, RecordError, has_run
     from twin.resume import resume_batch
     from twin.scenario import DEFAULT_SCENARIO, load_scenario
 
     keys = client_keys_from_args(args)
     operator = args.operator or operator_name()
+    timeout_s = args.timeout
+    if not (timeout_s > 0 and timeout_s < float("inf")):
+        raise ScenarioError(f"--timeout must be a positive number of seconds, not {timeout_s}")
     with contextlib.ExitStack() as stack:
 
         def connect(endpoint: str, identity: bytes) -> ZmqPlant:
             try:
-                plant = ZmqPlant(endpoint, identity=identity, keys=keys)
+                plant = ZmqPlant(endpoint, timeout_s=timeout_s, identity=identity, keys=keys)
             except zmq.ZMQError as exc:
                 raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
-            watchdog_s = plant.hello().watchdog_s
+            watchdog_s = patient_hello(plant).watchdog_s
             if watchdog_s is not None:  # keep the plant's watchdog fed while the solver works
                 stack.enter_context(HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys))
             return plant
@@ -165,6 +168,13 @@ def add_batch_run_options(run: argparse.ArgumentParser) -> None:
     """Give ``bioimp run`` its batch record: ``--resume DIR`` and ``--operator``; dispatch to :func:`cmd_run`."""
     run.add_argument("--resume", metavar="DIR", help="continue the batch recorded in DIR after a crash")
     run.add_argument("--operator", help="who runs the batch (recorded; default: the login name)")
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="wait this long for each reply before resending (default 2; keep it well under a wall period)",
+    )
     run.set_defaults(func=cmd_run)
 
 

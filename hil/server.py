@@ -128,6 +128,8 @@ class ServeConfig:
             (:mod:`hil.plant_log`); None keeps no log.
         mismatch: seed, parameter uncertainty and process noise of the plant (None: the model itself).
         sensors: the plant's instruments (None: every model output, exact).
+        time_scale: real-time clock: plant seconds per wall second (1 = real time; more runs the
+            simulated plant accelerated, as the emulator's ``--time-scale``, for fault and soak tests).
     """
 
     model: str
@@ -139,8 +141,11 @@ class ServeConfig:
     log: Path | None = None
     mismatch: PlantMismatch | None = None
     sensors: SensorConfig | None = None
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ScenarioError(f"--time-scale must be a positive number, not {self.time_scale}")
         for kind, values in (("x0", self.x0), ("param", self.params)):
             for name, value in values.items():
                 if not math.isfinite(value):
@@ -212,11 +217,13 @@ class PlantServer:
         realtime = self.handler.clock == "realtime"
         wall0 = time.monotonic()
         plant0 = self.handler.backend.time_s
+        # Plant seconds per wall second: an accelerated simulated plant or emulator reports it.
+        scale = float(getattr(self.handler.backend, "time_scale", 1.0))
         next_sample = wall0 + self.sample_period_s
 
         def sync() -> None:
             if realtime:
-                self.handler.advance_to(plant0 + (time.monotonic() - wall0))
+                self.handler.advance_to(plant0 + (time.monotonic() - wall0) * scale)
 
         last_request = time.monotonic()
         while not self._stop.is_set():
@@ -361,6 +368,7 @@ def serve_plant(config: ServeConfig, *, out: TextIO | None = None) -> int:
         )
     except BioimpError as exc:
         return _fail(_PROG, str(exc), 2)
+    backend.time_scale = config.time_scale
     if config.log is None:
         return serve_backend(backend, config.server, prog=_PROG, out=out)
     from hil.plant_log import LoggedBackend
@@ -454,6 +462,7 @@ def run_plant_serve(args: argparse.Namespace) -> int:
             **_plant_of_args(args),
             server=server_options_from_args(args),
             log=None if args.log is None else Path(args.log),
+            time_scale=_parse_float(args.time_scale, "--time-scale"),
         )
     except BioimpError as exc:
         return _fail(_PROG, str(exc), 2)
@@ -530,5 +539,8 @@ def add_plant_serve_parser(
     parser.add_argument("--rtol", help="plant integrator relative tolerance (default 1e-10)")
     parser.add_argument("--atol", help="plant integrator absolute tolerance (default 1e-10)")
     parser.add_argument("--log", metavar="FILE", help="append each applied write and new sample as JSON lines")
+    parser.add_argument(
+        "--time-scale", default="1.0", metavar="FACTOR", help="real-time clock: plant seconds per wall second"
+    )
     parser.set_defaults(func=run_plant_serve)
     return parser

@@ -11,19 +11,30 @@ import getpass
 import importlib.metadata
 import platform
 import subprocess
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from plant_models.errors import PlantTimeout
 from plant_models.spec import ModelSpec
 from twin.batch_record import RECORD_FILE, BatchRecord, Durability, RecordConfig, RunMeta
 from twin.checkpoint import snapshot
 from twin.clock import loop_clock
 from twin.console import ConsoleTap, LiveBatch, LoopConsole
 from twin.estimator_config import build_estimator
-from twin.interfaces import Controller, ControlStep, Estimate, Estimator, FloatArray, Measurements, Plant
+from twin.interfaces import (
+    Controller,
+    ControlStep,
+    Estimate,
+    Estimator,
+    FloatArray,
+    Measurements,
+    Plant,
+    PlantInfo,
+)
 from twin.loop import LoopResult, run_loop
 from twin.record import EventRow, MemoryRecord, Recorder, SetpointRow
 from twin.record_read import load_history
@@ -37,12 +48,32 @@ __all__ = [
     "finish_batch",
     "loop_result_from_history",
     "operator_name",
+    "patient_hello",
     "run_batch",
     "software_versions",
 ]
 
 #: Events that count as deadline misses in the summary.
 MISS_EVENTS = ("deadline_miss", "period_overrun")
+#: How long a batch keeps asking a plant that does not answer ``hello`` before giving up (s). Over a
+#: lossy link each attempt may time out (tests/faults); at the client's default timeout (2 s, 3 resends)
+#: this is a single call, so an absent plant is still reported after 8 s.
+HELLO_PATIENCE_S = 8.0
+
+
+def patient_hello(plant: Plant, patience_s: float = HELLO_PATIENCE_S) -> PlantInfo:
+    """The plant's ``hello``, asked again after a timeout until ``patience_s`` seconds have passed.
+
+    Raises:
+        PlantTimeout: still no answer after ``patience_s`` (the last call's error).
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return plant.hello()
+        except PlantTimeout:
+            if time.monotonic() >= deadline:
+                raise
 
 
 @dataclass(frozen=True)
@@ -198,7 +229,7 @@ def run_batch(
         RecordError: ``out_dir`` already holds a batch record.
     """
     spec, _, estimator, controller = new_parts(scenario)
-    info = plant.hello()
+    info = patient_hello(plant)
     config = RecordConfig(durability=durability_for(info.clock), period_s=scenario.loop.period_s)
     meta = RunMeta(
         operator=setup.operator,

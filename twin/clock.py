@@ -53,6 +53,7 @@ class RealtimeClock:
         self.period_s = period_s
         self.jitter_s: list[float] = []
         self.misses = 0
+        self.skipped = 0  # periods the last wait skipped (0 when it was on time)
         self._monotonic = monotonic
         self._sleep = sleep
         self._t0 = monotonic()
@@ -68,9 +69,11 @@ class RealtimeClock:
         self._k += 1
         start = self._t0 + self._k * self.period_s
         overrun = max(0.0, now - start)
+        self.skipped = 0
         if overrun > 0:
             self.misses += 1
-            self._k += math.floor(overrun / self.period_s) + 1
+            self.skipped = math.floor(overrun / self.period_s) + 1
+            self._k += self.skipped
             start = self._t0 + self._k * self.period_s
         self._sleep(max(0.0, start - self._monotonic()))
         self.jitter_s.append(self._monotonic() - start)

@@ -41,9 +41,11 @@ def trajectory(spec: ModelSpec, record: MemoryRecord) -> Trajectory:
     t = np.array([m.time_s for _, m in record.reads])
     x = np.array([measured_state(spec, m) for _, m in record.reads])
     u = np.full((len(t), spec.nu), math.nan)
+    # A step whose read was lost (plant unreachable, a period skipped) has no row: index by step, not count.
+    row_of_step = {step: i for i, (step, _) in enumerate(record.reads)}
     for row in record.setpoints:
         if row.state == "applied":
-            u[row.step] = [row.values[n] for n in spec.inputs]
+            u[row_of_step[row.step]] = [row.values[n] for n in spec.inputs]
     held = initial_inputs(spec, record)
     for k in range(len(t) - 1):
         if np.isnan(u[k]).any():

@@ -11,7 +11,8 @@ What it does when things go wrong (each is recorded as an event):
   setpoint, and resumes only once the plant has been armed again (an operator action, ``bioimp arm``);
 * a plant that does not answer a read, a write or (while halted) a heartbeat, after the client's
   idempotent retries, loses that period; the loop carries on with the next one;
-* a clock overrun skips to the next period start, never bursts.
+* a clock overrun skips to the next period start, never bursts; the periods skipped are steps lost, so a
+  batch of ``steps`` periods still ends on time (its harvest is due then, faults or not).
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def run_loop(
     halted = False  # the plant is in fail-safe: nothing is sent until it is armed again
     seq = first_seq
     t_last = float("nan")  # plant time of the last reading
+    next_step = 0  # after an overrun, the first step whose period has not been skipped
     for step in range(steps):
+        if step < next_step:
+            continue  # this period passed while the loop was late: it is lost, not made up for
         if between_steps is not None:
             between_steps()
         _record_plant_events(plant_events, recorder)
@@ -91,7 +95,8 @@ def run_loop(
         except PlantTimeout as exc:
             # A real-time loop rides through a short outage: the period is lost, the gap recorded.
             recorder.event(EventRow(t_last, "plant_unreachable", f"read: {exc}"))
-            misses += _wait(clock, recorder, t_last)
+            lost = _wait(clock, recorder, t_last)
+            misses, next_step = misses + (lost > 0), step + 1 + lost
             continue
         t_last = meas.time_s
         recorder.measurements(step, meas)
@@ -108,7 +113,8 @@ def run_loop(
                 recorder.event(EventRow(meas.time_s, "plant_unreachable", f"heartbeat: {exc}"))
                 state = "failsafe"
             if state == "failsafe":
-                misses += _wait(clock, recorder, meas.time_s)
+                lost = _wait(clock, recorder, meas.time_s)
+                misses, next_step = misses + (lost > 0), step + 1 + lost
                 continue
             halted = False
             plan = None
@@ -148,11 +154,34 @@ def run_loop(
             u_applied = np.array([reply.applied[n] for n in spec.inputs])
             plan = result.planned_u
         seq += 1
-        misses += _wait(clock, recorder, meas.time_s)
+        lost = _wait(clock, recorder, meas.time_s)
+        misses, next_step = misses + (lost > 0), step + 1 + lost
     _record_plant_events(plant_events, recorder)
-    final = plant.read()
+    final = _final_read(plant, clock, recorder, t_last)
     recorder.measurements(steps, final)
     return LoopResult(steps, final, misses, refused, fallbacks)
+
+
+#: Periods the loop keeps asking for the batch's last reading before it gives up.
+FINAL_READ_PERIODS = 5
+
+
+def _final_read(plant: Plant, clock: Clock, recorder: Recorder, t_s: float) -> Measurements:
+    """The batch's closing reading, asked again for up to FINAL_READ_PERIODS periods over a lossy link.
+
+    Raises:
+        PlantTimeout: the plant stayed unreachable that long.
+    """
+    for attempt in range(FINAL_READ_PERIODS):
+        try:
+            return plant.read()
+        except PlantTimeout as exc:
+            recorder.event(EventRow(t_s, "plant_unreachable", f"final read: {exc}"))
+            if attempt == FINAL_READ_PERIODS - 1:
+                raise
+            if clock.kind == "realtime":  # a virtual clock must not advance the plant past the batch
+                clock.wait_next_period()
+    raise AssertionError("unreachable")
 
 
 def _actuator_readings(spec: ModelSpec, meas: Measurements, default: FloatArray | None) -> FloatArray | None:
@@ -170,9 +199,12 @@ def _record_plant_events(plant_events: Callable[[], Iterable[EventRow]] | None, 
 
 
 def _wait(clock: Clock, recorder: Recorder, t_s: float) -> int:
-    """Wait for the next period; record and count (1) an overrun."""
+    """Wait for the next period; record an overrun; return the number of periods skipped (0 if on time)."""
     overrun = clock.wait_next_period()
     if overrun > 0:
-        recorder.event(EventRow(t_s, "period_overrun", f"late by {overrun:.3f} s; skipped to the next period"))
-        return 1
+        skipped = max(1, int(getattr(clock, "skipped", 1)))  # a RealtimeClock says how many it skipped
+        recorder.event(
+            EventRow(t_s, "period_overrun", f"late by {overrun:.3f} s; skipped {skipped} period(s), lost as steps")
+        )
+        return skipped
     return 0

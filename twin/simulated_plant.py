@@ -95,6 +95,8 @@ class SimulatedPlant:
         self.true_state: FloatArray = np.array(spec.vector("states", {**spec.x0, **(x0 or {})}))
         self._u = np.array([spec.input_safe[n] for n in spec.inputs])
         self.time_s = 0.0
+        #: Plant seconds per wall second when served on a real-time clock (``plant serve --time-scale``).
+        self.time_scale = 1.0
         self._sample_seq = 0
         noise = dict(process_noise or {})
         spec.vector("states", {**dict.fromkeys(spec.states, 0.0), **noise})  # rejects unknown names
