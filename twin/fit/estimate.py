@@ -227,7 +227,8 @@ def fit_batches(
     cov = (eigvec / np.maximum(eigval, floor)) @ eigvec.T
     tcov = cov[: problem.ntheta, : problem.ntheta]
     s_theta = np.sqrt(np.maximum(np.diag(tcov), 0.0))
-    corr = tcov / np.outer(s_theta, s_theta)
+    denom = np.outer(s_theta, s_theta)
+    corr = np.divide(tcov, denom, out=np.eye(problem.ntheta), where=denom > 0)
     p_full = problem.params(theta, pbase)
     estimates = []
     for j, e in enumerate(fit.estimated):

@@ -323,9 +323,7 @@ class Problem:
         ymat = self.obs.map(n + 1)(xs, u_nodes, ca.repmat(p, 1, n + 1))
         yflat = ca.vec(ymat)
         jac = ca.jacobian(yflat, ca.vertcat(theta, z0))
-        fun = ca.Function(
-            "shoot", [theta, z0, x0, pbase, xscale, dt, u, jump], [ymat, jac, xs]
-        )
+        fun = ca.Function("shoot", [theta, z0, x0, pbase, xscale, dt, u, jump], [ymat, jac, xs])
         self._shooting[n] = fun
         return fun
 
