@@ -132,7 +132,7 @@ def keys(tmp_path: Path) -> Path:
 def browser_page(tmp_path: Path) -> Iterator[Page]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1500})
+        context = browser.new_context(viewport={"width": 1400, "height": 960})
         try:
             yield context.new_page()
         finally:
