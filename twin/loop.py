@@ -98,8 +98,12 @@ def run_loop(
             lost = _wait(clock, recorder, t_last)
             misses, next_step = misses + (lost > 0), step + 1 + lost
             continue
-        t_last = meas.time_s
         recorder.measurements(step, meas)
+        if meas.time_s < t_last:
+            # A restarted plant server (or gateway) counts its time from zero again: say so in the record.
+            reset = f"plant time went back from {t_last:g} s to {meas.time_s:g} s: the plant server restarted"
+            recorder.event(EventRow(meas.time_s, "plant_time_reset", reset))
+        t_last = meas.time_s
         est = estimator.update(meas, u_applied)
         recorder.estimate(step, est)
         for name in est.rejected:
