@@ -173,3 +173,37 @@ def test_no_converged_start_exits_1_with_the_status_in_fit_json(runs: tuple[Path
     assert report["success"] is False
     assert report["solver"]["starts"][0]["status"] == "Maximum_Iterations_Exceeded"
     assert (out / "params.toml").exists()
+
+
+def test_prediction_band_holds_about_95_percent_of_the_data(fitted: tuple[FitResult, Problem]) -> None:
+    result, _ = fitted
+    inside = total = 0
+    for bf in result.batches:
+        for i, s in enumerate(result.signals):
+            for k, sample in zip(bf.grid.sample_idx[s], bf.batch.samples[s], strict=True):
+                assert bf.grid.tau[k] == pytest.approx(sample.t)
+                total += 1
+                inside += abs(bf.y[i, k] - sample.value) <= bf.band[i, k]
+    assert total == 144
+    assert 0.88 <= inside / total <= 1.0, inside / total
+
+
+def test_a_prior_resolves_the_non_identifiable_pair(runs: tuple[Path, list[SimBatch]]) -> None:
+    """With T_ref_qP pinned by a prior (37 ± 0.05 °C), q_P is determined again and holds its truth."""
+    _, batches = runs
+    spec_text = FIT_SPEC.split("[estimate]")[0] + (
+        "[estimate]\n"
+        "q_P = { bounds = [0.5e-9, 4.0e-9] }\n"
+        "T_ref_qP = { bounds = [33.0, 41.0], prior = { mean = 37.0, sd = 0.05 } }\n"
+        "[noise]" + FIT_SPEC.split("[noise]")[1].replace("starts = 2", "starts = 1")
+    )
+    # the other uncertain parameters at their true values, so q_P's interval is tested on its own
+    fixed_truth = {k: v for k, v in truth(TRUE_SEED).items() if k in ESTIMATED and k != "q_P"}
+    fixed = "[fixed]\n" + "".join(f"{k} = {v!r}\n" for k, v in fixed_truth.items())
+    fit = parse_fit_spec(spec_text.replace("[noise]", fixed + "[noise]"))
+    result = fit_batches(fit, load_batches([b.directory for b in batches], fit, fit.spec()))
+    by_name = {p.name: p for p in result.params}
+    assert by_name["q_P"].identifiable and by_name["T_ref_qP"].identifiable
+    assert by_name["T_ref_qP"].se == pytest.approx(0.05, rel=0.05)  # the prior is all there is
+    q = by_name["q_P"]
+    assert q.ci95[0] <= truth(TRUE_SEED)["q_P"] <= q.ci95[1]
