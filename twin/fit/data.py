@@ -116,8 +116,11 @@ def _finish(
     if not any(samples.get(s) for s in fit.noise):
         signals = ", ".join(fit.noise)
         raise InputDataError(f"{source}: the batch has no data for any fitted signal ({signals})")
+    times = {x.t for s in samples.values() for x in s}
+    if len(times) < 2:
+        raise InputDataError(f"{source}: every sample is at one time; a batch needs samples at two times at least")
     t = np.asarray(input_t, dtype=float)
-    if t[0] > min(s[0].t for s in samples.values() if s) + 1e-9:
+    if t[0] > min(times) + 1e-9:
         raise InputDataError(f"{source}: the inputs start at t={t[0]:g}, after the first sample")
     return BatchData(
         name=name,

@@ -55,6 +55,12 @@ def test_batch_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not out.exists()
 
 
+def test_batch_with_one_sample_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = _run(tmp_path, GOOD[:2], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "batch.csv: every sample is at one time" in err
+
+
 def test_missing_inputs_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, err, _ = _run(tmp_path, GOOD, capsys, sidecar=None)
     assert code == 2 and err.count("\n") == 1
