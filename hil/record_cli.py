@@ -65,12 +65,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 return None
             return stack.enter_context(PlantEventListener(telemetry, keys=keys)).drain
 
+        console = console_from_args(args)  # --publish, --operator-endpoint (hil/console.py)
+        if console is not None:
+            stack.enter_context(console)
         if args.resume is not None:
             if args.scenario is not None or args.out is not None:
                 raise ScenarioError("--resume DIR continues the recorded batch: give no scenario and no --out")
             out = Path(args.resume)
             events = listen(args.telemetry)
-            result = resume_batch(out, connect, operator=operator, endpoint=args.plant, plant_events=events)
+            result = resume_batch(
+                out, connect, operator=operator, endpoint=args.plant, plant_events=events, console=console
+            )
         else:
             scenario = load_scenario(args.scenario)
             out = Path(args.out) if args.out else Path("runs") / scenario.name
@@ -95,9 +100,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             identity = b"bioimp-" + secrets.token_hex(8).encode()
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
-            console = console_from_args(args)
-            if console is not None:
-                stack.enter_context(console)
             result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry), console=console)
             if scenario.plant.sensors is not None:
                 # Instruments, not states: draw estimate, assays and (our own plant only) the replayed truth.

@@ -32,6 +32,7 @@ from twin.batch import HeldInput, StepOffset, finish_batch, inputs_vector, new_p
 from twin.batch_record import RECORD_FILE, BatchRecord, RecordError, has_run
 from twin.checkpoint import restore, snapshot
 from twin.clock import loop_clock
+from twin.console import ConsoleTap, LiveBatch, LoopConsole
 from twin.interfaces import Controller, ControlStep, Estimator, FloatArray, Measurements, Plant
 from twin.loop import REJECTED, run_loop
 from twin.record import EventRow, MemoryRecord, SetpointRow
@@ -194,6 +195,7 @@ def resume_batch(
     operator: str,
     endpoint: str | None = None,
     plant_events: Callable[[], Iterable[EventRow]] | None = None,
+    console: LoopConsole | None = None,
 ) -> RunResult:
     """Continue the batch recorded in ``out_dir`` to its end and write the run directory.
 
@@ -203,6 +205,7 @@ def resume_batch(
         operator: who resumes (recorded).
         endpoint: the plant's command endpoint when it differs from the recorded one (an audited change).
         plant_events: the plant's own announcements to record (see :func:`twin.loop.run_loop`).
+        console: the operator channel, as for a new batch (:func:`twin.batch.run_batch`).
 
     Raises:
         RecordError: no record, a record that fails verification, a different or rewound plant.
@@ -219,7 +222,7 @@ def resume_batch(
         scenario = parse_scenario(run.scenario_source, f"{path} (run row)")
         if scenario.sha256 != run.scenario_sha256:
             raise RecordError(f"{path}: the recorded scenario does not match its recorded hash")
-        return _resume(record, run, scenario, out_dir, connect, operator, endpoint, plant_events)
+        return _resume(record, run, scenario, out_dir, connect, operator, endpoint, plant_events, console)
     finally:
         record.close()
 
@@ -233,6 +236,7 @@ def _resume(
     operator: str,
     endpoint: str | None,
     plant_events: Callable[[], Iterable[EventRow]] | None,
+    console: LoopConsole | None = None,
 ) -> RunResult:
     history = load_history(record.connection)
     spec, _, estimator, controller = new_parts(scenario)
@@ -297,18 +301,21 @@ def _resume(
         if first <= scenario.loop.steps:
             applied = _last_applied(record)
             u0: FloatArray | None = None if applied is None else inputs_vector(spec, applied)
+            if console is not None:
+                console.attach(LiveBatch(spec, plant, controller, record, scenario.loop.period_s))
             run_loop(
                 spec=spec,
                 plant=plant,
                 estimator=HeldInput(estimator, u0),
                 controller=controller,
                 clock=clock,
-                recorder=StepOffset(record, first),
+                recorder=StepOffset(record if console is None else ConsoleTap(record, console), first),
                 steps=scenario.loop.steps - first,
                 period_s=scenario.loop.period_s,
                 budget_s=scenario.controller.budget_s,
                 first_seq=seq,
                 plant_events=plant_events,
+                between_steps=None if console is None else console.poll,
             )
     finally:
         plant.close()

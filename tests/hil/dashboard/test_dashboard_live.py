@@ -61,11 +61,11 @@ def bioimp(*args: str) -> list[str]:
     return [sys.executable, "-m", "hil.cli", *args]
 
 
-def live_scenario(tmp_path: Path) -> Path:
+def live_scenario(tmp_path: Path, steps: int = 1800) -> Path:
     """The Haldane fed-batch in 5-minute periods (1800 steps: long enough to watch, fast on a virtual clock)."""
     text = (REPO / "twin" / "scenarios" / "fedbatch_haldane.toml").read_text()
     text = text.replace('name = "fedbatch_haldane"', 'name = "dashboard_haldane"')
-    text = text.replace("steps = 150", "steps = 1800").replace("period_s = 3600.0", "period_s = 300.0")
+    text = text.replace("steps = 150", f"steps = {steps}").replace("period_s = 3600.0", "period_s = 300.0")
     path = tmp_path / "dashboard_haldane.toml"
     path.write_text(text)
     return path
