@@ -11,6 +11,7 @@ const token = sessionStorage.getItem("bioimp-token");
 const PLOT_CONFIG = { displayModeBar: false, responsive: true };
 const ALARMS = new Set();
 let run = null, operator = false, data = null, plan = null, status = null, tscale = 1, dirty = false;
+let sessions = 0; // websocket sessions that delivered the run (1 + reconnects)
 
 function fresh() {
   return {
@@ -200,7 +201,7 @@ function showStatus() {
 }
 
 function onRun(message) {
-  run = message.run; operator = message.operator; data = fresh(); plan = null;
+  run = message.run; operator = message.operator; data = fresh(); plan = null; sessions += 1;
   tscale = run.period_s >= 60 ? 3600 : 1;
   el("run-title").textContent = `${run.scenario} · ${run.controller} · started ${run.started_utc} by ${run.operator}`;
   for (const id of ["states", "signals", "inputs"]) el(id).replaceChildren();

@@ -146,10 +146,11 @@ def test_live_batch_failsafe_within_2_s_and_operator_arm_is_audited(
     page = browser_page
     out = tmp_path / "run"
     publish, operator = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    bind = f"127.0.0.1:{free_port()}"
     with spawn_plant_server("fedbatch_haldane", extra_args=("--watchdog", repr(WATCHDOG_S))) as plant:
         dash, lines = start_dashboard([
             "--telemetry", plant.telemetry, "--record", str(out), "--plan", publish,
-            "--bind", f"127.0.0.1:{free_port()}", "--stale-after", "1",
+            "--bind", bind, "--stale-after", "1",
             "--operator-endpoint", operator, "--operator-key", str(keys / "alice.key_secret"),
             "--operator-server-key", str(keys / "run.key"),
         ])  # fmt: skip
@@ -227,6 +228,16 @@ def test_live_batch_failsafe_within_2_s_and_operator_arm_is_audited(
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             if os.environ.get("BIOIMP_DASHBOARD_SCREENSHOT"):  # refresh the README's picture by hand
                 page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
+
+            # The dashboard goes away and comes back on the same address: the open page says so, reconnects
+            # on its own and rebuilds everything from the record (this time read-only: no operator panel).
+            received = page.evaluate("() => data.est.t.length")
+            stop(dash)
+            page.wait_for_selector("#connection:has-text('reconnecting')", timeout=5_000)
+            dash, _ = start_dashboard(["--telemetry", plant.telemetry, "--record", str(out), "--bind", bind])
+            page.wait_for_selector("#connection:has-text('connected')", timeout=10_000)
+            page.wait_for_function(f"() => sessions === 2 && data.est.t.length >= {received}", timeout=10_000)
+            assert page.locator("#operator").is_hidden()
         finally:
             if run is not None:
                 stop(run)
