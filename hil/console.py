@@ -2,10 +2,10 @@
 
 Two ZeroMQ sockets, both bound by ``bioimp run``:
 
-* ``--publish ENDPOINT`` (PUB): after every controller step, topic ``plan``, a JSON object with the
-  controller's predicted trajectory and planned inputs over its horizon (what the dashboard draws). The
-  batch record does not hold the plan (a 14-day CHO batch would double in size); a subscriber that was
-  not listening has simply missed it.
+* ``--publish ENDPOINT`` (PUB): after a controller step (every step, but at most 10 a second), topic
+  ``plan``, a JSON object with the controller's predicted trajectory and planned inputs over its horizon
+  (what the dashboard draws). The batch record does not hold the plan (a 14-day CHO batch would double
+  in size); a subscriber that was not listening has simply missed it.
 * ``--operator-endpoint ENDPOINT`` (REP, always CURVE): operator requests, served once per period in the
   loop's thread (:class:`twin.console.LoopConsole`), so the action happens between two steps, in the
   process that owns the plant client, the controller and the batch record. Each accepted action is
@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -47,6 +48,9 @@ log = logging.getLogger("bioimp.hil")
 
 TOPIC_PLAN = b"plan"
 _MAX_REQUESTS_PER_POLL = 10
+#: Plans are published at most this often (wall s): encoding one costs 0.1-0.8 ms (JSON of the horizon),
+#: a lot next to a 1 ms accelerated step, nothing next to a real-time period.
+PLAN_MIN_INTERVAL_S = 0.1
 _MAX_TEXT = 500  # longest who/why accepted (an audit row, not an essay)
 
 
@@ -83,6 +87,7 @@ class RunConsole:
         self._rep: zmq.Socket[bytes] | None = None
         self._batch: LiveBatch | None = None
         self._names: dict[str, str] = {}
+        self._last_plan_s = -math.inf
 
     def __enter__(self) -> Self:
         self._context = zmq.Context()
@@ -139,6 +144,10 @@ class RunConsole:
         """Publish the step's plan (never blocks: a PUB socket drops what no one can take)."""
         if self._pub is None or self._batch is None:
             return
+        now = time.monotonic()
+        if now - self._last_plan_s < PLAN_MIN_INTERVAL_S:
+            return  # an accelerated batch steps far faster than anyone can watch: at most 10 plans a second
+        self._last_plan_s = now
         message = {
             "v": 1,
             "step": step,
