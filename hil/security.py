@@ -7,6 +7,8 @@ key files; a client is given its own secret file and the server's public file.
 A server socket with CURVE also has a ZAP domain with ``ZMQ_ZAP_ENFORCE_DOMAIN`` on: if no
 authenticator answers (it crashed, it was never started), connections are refused rather than admitted.
 
+Secret key files must be private to their owner (mode 600): one readable by group or others is refused.
+
 A server without keys may bind only local endpoints (loopback TCP, ``ipc``, ``inproc``); anything else
 needs ``insecure=True``, an explicit and logged choice.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 from plant_models.errors import ScenarioError
@@ -28,12 +31,34 @@ __all__ = [
     "ClientKeys",
     "ServerKeys",
     "apply_client_keys",
+    "check_private",
     "generate_keys",
     "is_local_endpoint",
     "start_authenticator",
 ]
 
 ZAP_DOMAIN = b"bioimp"
+_Z85 = frozenset(zmq.utils.z85.Z85CHARS)
+
+
+def check_private(path: Path, what: str) -> None:
+    """Refuse a secret key file that its group or other users may read or write (as ssh does).
+
+    Whoever can read a secret key can drive the plant as its owner; a key left readable (copied with
+    the wrong umask, unpacked from an archive) is refused before it is used, not after it leaked.
+
+    Raises:
+        ScenarioError: the file's mode gives group or others any permission.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # a missing or unreadable file: the load that follows says so
+    if mode & 0o077:
+        raise ScenarioError(
+            f"{what} {str(path)!r}: secret key file is accessible by group or others "
+            f"(mode {mode & 0o777:o}); chmod 600 it"
+        )
 
 
 def _load(path: Path, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
@@ -43,6 +68,13 @@ def _load(path: Path, what: str, *, secret: bool) -> tuple[bytes, bytes | None]:
         raise ScenarioError(f"{what} {str(path)!r}: not a readable ZeroMQ certificate ({exc})") from None
     if secret and secret_key is None:
         raise ScenarioError(f"{what} {str(path)!r} holds no secret key (give the .key_secret file)")
+    if secret:
+        check_private(path, what)
+    for kind, key in (("public", public), ("secret", secret_key)):
+        # A damaged key line (one character too many) loads, then makes setsockopt fail with EINVAL.
+        # The message never quotes the key itself.
+        if key is not None and not (len(key) == 40 and all(c in _Z85 for c in key)):
+            raise ScenarioError(f"{what} {str(path)!r}: its {kind} key is not a 40-character Z85 CURVE key")
     return public, secret_key
 
 

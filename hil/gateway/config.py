@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hil.security import check_private
 from plant_models.errors import ScenarioError
 
 __all__ = [
@@ -318,6 +319,8 @@ def _driver(name: str, table: _Table, base: Path) -> DriverConfig:
             for key in ("certificate", "private_key"):
                 if getattr(driver, key) is None:
                     raise ScenarioError(f"{table.key(key)}: required with security_policy {policy!r}")
+            assert driver.private_key is not None
+            check_private(driver.private_key, table.key("private_key"))
     table.finish()
     return driver
 
