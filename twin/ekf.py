@@ -19,6 +19,18 @@ through the later nodes, re-applying their measurements — the same estimate th
 had the assay arrived in order (the re-applied measurements are not gated again). A reading older than
 the history is rejected. A reading is new only when its ``seq`` differs from the last one seen for that
 device; ``seq`` 0 means the device has not sampled yet.
+
+**Two sensor faults the gate alone gets wrong** (found by tests/faults/test_sensor_faults.py):
+
+* *A frozen transmitter.* A probe that repeats its last value looks plausible to the gate while the
+  process it should follow drifts away (a heater loop on a frozen temperature cooks the culture). A
+  noisy device (``sigma`` or ``rel_sigma`` > 0) whose new samples carry exactly the same value
+  ``STUCK_REPEATS`` times in a row is taken as stuck: rejected until its value changes again.
+* *A locked-out sensor.* Once the estimate has wandered more than ``reject_sigma`` from the truth (after
+  a fault the filter could not see), every good reading fails the gate and the filter never recovers.
+  After ``LOCKOUT_REJECTIONS`` consecutive gate rejections of a device, the filter trusts the sensor over
+  itself: it widens the variance of the states that device measures just enough for the reading to pass,
+  and fuses it.
 """
 
 from __future__ import annotations
@@ -37,6 +49,10 @@ from twin.interfaces import Estimate, FloatArray, Measurements
 __all__ = ["ExtendedKalmanFilter"]
 
 _SAME_TIME_S = 1e-6
+#: New samples with exactly the same value, in a row, after which a noisy device is taken as stuck.
+STUCK_REPEATS = 10
+#: Consecutive gate rejections of a device after which the filter trusts it over its own estimate.
+LOCKOUT_REJECTIONS = 12
 
 
 @dataclass
@@ -98,6 +114,10 @@ class ExtendedKalmanFilter:
         self._q_floor = 1e-3 * self._floor
         self._history: list[_Node] = []
         self._last_seq: dict[str, int] = {}
+        # Fault detectors (see the module doc); not part of the checkpoint: a resumed filter starts them
+        # again from zero, so a stuck probe or a lock-out is noticed at most their length later.
+        self._repeats: dict[int, tuple[float, int]] = {}  # device -> (last value, times repeated)
+        self._gated: dict[int, int] = {}  # device -> consecutive gate rejections
 
     # --- the Estimator protocol --------------------------------------------------------------------
 
@@ -123,12 +143,19 @@ class ExtendedKalmanFilter:
             self._last_seq[dev.device] = reading.seq
             value = reading.value
             lo, hi = self._bounds[k]
-            if value is None or not math.isfinite(value) or not lo <= value <= hi:
+            if value is None or not math.isfinite(value) or not lo <= value <= hi or self._stuck(k, value):
                 rejected.append(dev.device)
             elif reading.t_s < now.t_s - _SAME_TIME_S:
                 late.append((reading.t_s, k, value))
             elif not self._apply(now, k, value):
-                rejected.append(dev.device)
+                self._gated[k] = self._gated.get(k, 0) + 1
+                if self._gated[k] < LOCKOUT_REJECTIONS:
+                    rejected.append(dev.device)
+                else:
+                    self._gated[k] = 0
+                    self._trust_sensor(now, k, value)
+            else:
+                self._gated[k] = 0
         for t_s, k, value in sorted(late):
             if not self._insert(t_s, k, value):
                 rejected.append(self.devices[k].device)
@@ -158,6 +185,29 @@ class ExtendedKalmanFilter:
             P = A @ P @ A.T + np.diag(q * h)
             z = m.project(np.asarray(z_next).ravel())
         return z, 0.5 * (P + P.T)
+
+    def _stuck(self, k: int, value: float) -> bool:
+        """Whether noisy device ``k`` has now sent ``value`` STUCK_REPEATS times in a row (frozen)."""
+        dev = self.devices[k]
+        if dev.sigma <= 0 and dev.rel_sigma <= 0:
+            return False  # a noiseless device (a totalizer with the pump off) may repeat itself
+        last, times = self._repeats.get(k, (math.nan, 0))
+        times = times + 1 if value == last else 0
+        self._repeats[k] = (value, times)
+        return times >= STUCK_REPEATS - 1
+
+    def _trust_sensor(self, node: _Node, k: int, value: float) -> None:
+        """Widen the variance of what device ``k`` measures until ``value`` passes the gate; fuse it."""
+        m = self.model
+        y, H = m.measure(node.z, node.u, self.p)
+        h_row = np.asarray(H)[self._signal_of[k], :]
+        innovation = value - float(np.asarray(y)[self._signal_of[k], 0])
+        touched = np.abs(h_row) > 0
+        # Innovation variance wanted: the reading at half the gate (2.5 sigma with the default of 5).
+        wanted = (2.0 * innovation / self.config.reject_sigma) ** 2
+        extra = max(0.0, wanted - float(h_row @ node.P @ h_row)) / max(float(np.sum(h_row[touched] ** 2)), 1e-300)
+        node.P = node.P + extra * np.diag(touched.astype(float))
+        self._apply(node, k, value, gate=False)
 
     def _apply(self, node: _Node, k: int, value: float, gate: bool = True) -> bool:
         """Fuse device ``k``'s ``value`` into ``node``; False (and no change) if it fails the gate."""

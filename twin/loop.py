@@ -29,7 +29,7 @@ from twin.record import EventRow, Recorder, SetpointRow
 
 _FAILSAFE = "failsafe"  # the wire protocol's error code for a write refused in fail-safe
 #: Why the estimator refuses a reading: the estimators' common rule (see twin/estimation.py, twin/ekf.py).
-REJECTED = "rejected by the estimator (missing, not finite, outside its physical range or > 5 sigma)"
+REJECTED = "rejected by the estimator (missing, not finite, outside its physical range, stuck or > 5 sigma)"
 
 
 @dataclass(frozen=True)

@@ -56,15 +56,21 @@ class SensorDevice:
 
 @dataclass(frozen=True)
 class SensorFault:
-    """A scripted fault: the first sample of ``device`` taken at or after ``at_s`` is corrupted.
+    """A scripted fault: the first sample of ``device`` taken at or after ``at_s`` is corrupted, or, with
+    ``until_s``, every sample from then until ``until_s``.
 
-    Exactly one of ``value`` (replace the reading, NaN allowed) and ``factor`` (multiply it: a spike).
+    Exactly one of ``value`` (replace the reading, NaN allowed), ``factor`` (multiply it: a spike),
+    ``drift_per_s`` (add ``drift_per_s · (t - at_s)``: a probe losing its calibration) and ``stuck`` (the
+    probe repeats its last reading before the fault, with new sequence numbers: a frozen transmitter).
     """
 
     device: str
     at_s: float
     value: float | None = None
     factor: float | None = None
+    until_s: float | None = None
+    drift_per_s: float | None = None
+    stuck: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,11 @@ class SensorConfig:
             where = f"{key}.faults[{i}]"
             if f.device not in names or f.device in self.totalizers:
                 raise ScenarioError(f"{where}.device: no online or assay device {f.device!r}")
-            if (f.value is None) == (f.factor is None):
-                raise ScenarioError(f"{where}: give exactly one of value and factor")
+            kinds = (f.value is not None, f.factor is not None, f.drift_per_s is not None, f.stuck)
+            if sum(kinds) != 1:
+                raise ScenarioError(f"{where}: give exactly one of value, factor, drift_per_s and stuck")
+            if f.until_s is not None and not f.until_s >= f.at_s:
+                raise ScenarioError(f"{where}.until_s: must be a time at or after at_s ({f.at_s})")
 
 
 def _device(key: str, name: str, raw: Any) -> SensorDevice:
@@ -193,6 +202,9 @@ def parse_sensors(table: _Table, spec: ModelSpec) -> SensorConfig | None:
                 at_s=ft.number("at_s"),
                 value=None if value is None else float(value),
                 factor=ft.number("factor", None),
+                until_s=ft.number("until_s", None),
+                drift_per_s=ft.number("drift_per_s", None),
+                stuck=ft.boolean("stuck", False),
             )
         )
         ft.finish()

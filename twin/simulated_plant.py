@@ -124,6 +124,7 @@ class SimulatedPlant:
         self._totals = dict.fromkeys(sensors.totalizers, 0.0)
         self._pending: list[_PendingAssay] = []
         self._faults_left = list(sensors.faults)
+        self._last_measured: dict[str, float | None] = {}  # each device's last reading (a stuck probe repeats it)
         self.assay_times_s: list[float] = []  # sample times of the assays drawn so far (tests)
         self._sample_events(0.0)
 
@@ -249,9 +250,16 @@ class SimulatedPlant:
         value: float | None = true + device.std(true) * float(self._rng_sensor.standard_normal())
         for fault in self._faults_left:
             if fault.device == device.name and t_s >= fault.at_s - _SAME_TIME_S:
-                self._faults_left.remove(fault)
-                value = fault.value if fault.factor is None else true * fault.factor
+                if fault.until_s is None or t_s >= fault.until_s - _SAME_TIME_S:
+                    self._faults_left.remove(fault)  # a one-sample fault, or its window's last sample
+                if fault.stuck:
+                    value = self._last_measured.get(device.name, value)
+                elif fault.drift_per_s is not None:
+                    value = None if value is None else value + fault.drift_per_s * (t_s - fault.at_s)
+                else:
+                    value = fault.value if fault.factor is None else true * fault.factor
                 break
+        self._last_measured[device.name] = value
         return value
 
     def _true_signal(self, name: str) -> float:
