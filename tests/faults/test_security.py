@@ -236,7 +236,7 @@ def test_the_gateway_refuses_a_network_endpoint_without_keys(tmp_path: Path) -> 
 # Key file permissions
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644, 0o620])
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620])  # group read, other read, group write
 def test_secret_key_files_open_to_group_or_others_are_refused(keys: Path, tmp_path: Path, mode: int) -> None:
     leaky = tmp_path / "server.key_secret"
     leaky.write_bytes((keys / "server.key_secret").read_bytes())
