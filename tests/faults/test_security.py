@@ -8,7 +8,8 @@ folder gets nothing and changes nothing, a CURVE server without its authenticato
 * a client holding an allowed key but the wrong *server* key is refused;
 * a captured CurveZMQ session replayed byte for byte on a new connection, to the same server and to
   another server with the same keys (as after a restart, when the seq memory is gone) is refused at the
-  handshake, and nothing is applied;
+  handshake, and nothing is applied; a captured request replayed inside the live session (a relay sends
+  it twice) is refused too: the server drops the connection, a non-idempotent ``advance`` moves time once;
 * the gateway refuses a network endpoint without keys, like ``plant serve``;
 * secret key files that group or others may access are refused, naming the file;
 * secret keys never appear in any output: stdout, stderr, debug logs, plant logs, replies, telemetry.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import socket
@@ -35,7 +37,7 @@ from hil.gateway.config import load_gateway_config
 from hil.handler import ProtocolHandler
 from hil.launch import PlantProcess, spawn_plant_server
 from hil.plant_log import LoggedBackend, read_plant_log
-from hil.security import ClientKeys, ServerKeys, generate_keys, start_authenticator
+from hil.security import ClientKeys, ServerKeys, apply_client_keys, generate_keys, start_authenticator
 from hil.server import PlantServer
 from plant_models.errors import PlantTimeout, ScenarioError
 from plant_models.registry import resolve_model
@@ -214,6 +216,75 @@ def test_a_captured_session_replayed_on_a_new_connection_is_refused_at_the_hands
     assert _applies(log_b) == []  # a server with no seq memory would have applied it: it never got it
     with ZmqPlant(server_b.command, timeout_s=5.0, keys=_client_keys(keys)) as plant:
         assert plant.read(("inp",)).values["inp"].value == 0.0
+
+
+class Duplicator(Recorder):
+    """A relay that, once the CURVE handshake is done, sends the client's first MESSAGE twice: a
+    captured encrypted request replayed inside the live session."""
+
+    def __init__(self, port: int) -> None:
+        self.duplicated = False
+        self._pending = b""
+        self._greeting_left = 64
+        super().__init__(port)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        if not record:
+            super()._pump(src, dst, record)
+            return
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                self._pending += data
+                if self._greeting_left:  # pass the greeting through as it comes (it is sent in parts)
+                    passed = self._pending[: self._greeting_left]
+                    dst.sendall(passed)
+                    self._pending = self._pending[len(passed) :]
+                    self._greeting_left -= len(passed)
+                while (frame := self._next_frame()) is not None:
+                    dst.sendall(frame)
+                    if not self.duplicated and _command_name(frame) == b"MESSAGE":
+                        dst.sendall(frame)  # the same bytes again: same nonce, same ciphertext
+                        self.duplicated = True
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _next_frame(self) -> bytes | None:
+        buf = self._pending
+        if len(buf) < 2 or (buf[0] & 0x02 and len(buf) < 9):
+            return None
+        head, size = (9, int.from_bytes(buf[1:9], "big")) if buf[0] & 0x02 else (2, buf[1])
+        if len(buf) < head + size:
+            return None
+        self._pending = buf[head + size :]
+        return buf[: head + size]
+
+
+def test_a_message_replayed_inside_the_live_session_is_refused(
+    keys: Path, two_servers: list[tuple[PlantProcess, Path]]
+) -> None:
+    """``advance`` is not idempotent: a replayed advance would move the plant clock twice. CurveZMQ
+    numbers every message (a nonce that must increase), so the server drops the connection instead."""
+    _, (server, _) = two_servers
+    with ZmqPlant(server.command, timeout_s=5.0, keys=_client_keys(keys)) as plant:
+        before_s = plant.read().time_s
+    relay = Duplicator(_port(server.command))
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    apply_client_keys(sock, _client_keys(keys))
+    try:
+        sock.connect(relay.endpoint)
+        sock.send(b'{"v":1,"id":"once","op":"advance","dt":60}')
+        replies = []
+        while sock.poll(1500, zmq.POLLIN):
+            replies.append(json.loads(sock.recv()))
+    finally:
+        sock.close(linger=0)
+        relay.close()
+    assert relay.duplicated
+    assert [r["id"] for r in replies] == ["once"], replies  # one reply: the copy was never served
+    with ZmqPlant(server.command, timeout_s=5.0, keys=_client_keys(keys)) as plant:
+        assert plant.read().time_s == before_s + 60.0
 
 
 # --------------------------------------------------------------------------------------------------
