@@ -39,6 +39,7 @@ from twin.simulator import SimulatorConfig
 
 __all__ = [
     "DEFAULT_WATCHDOG_S",
+    "MAX_REQUEST_BYTES",
     "PlantServer",
     "ServeConfig",
     "ServerOptions",
@@ -56,6 +57,8 @@ _PROG = "bioimp plant serve"
 _POLL_S = 0.1  # longest poll: how quickly a stop request is noticed
 DEFAULT_WATCHDOG_S = 5.0
 _MAX_BATCH = 100  # requests served per poll wake-up before the clock and telemetry get a turn
+#: The largest request frame a server accepts (1 MiB); a client sending more is disconnected, unanswered.
+MAX_REQUEST_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,10 @@ class PlantServer:
             # A client reconnecting with its routing id takes it over at once, even before the server
             # has noticed that the old connection is gone (it stays the same client: same seq space).
             self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # A request is a few hundred bytes. Without a cap one 180 MB frame held this single-threaded
+            # server (its watchdog too) for 20 s at 2.7 GB, and a bigger one would get it killed for
+            # memory. libzmq drops a connection that sends a larger message (found by tests/faults/).
+            self._router.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
             self._router.bind(command_endpoint)
             self._pub.bind(telemetry_endpoint)
         except zmq.ZMQError:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from hil.client import ZmqPlant
 from hil.launch import PlantProcess, spawn_plant_server
+from hil.server import MAX_REQUEST_BYTES
 from tests.hil.conftest import TWO_INPUT_MODEL, env_with_test_models
 
 from .test_fuzz_handler import DEVICES, FUZZ, MESSAGE_BUDGET, check_reply_frame, messages, variant, within_limits
@@ -158,3 +160,37 @@ def _applied_values(log: Path) -> list[dict[str, float]]:
             assert all(math.isfinite(v) for v in values.values()), entry
             out.append(values)
     return out
+
+
+def test_an_oversized_frame_is_dropped_unanswered_and_the_server_keeps_serving(
+    server: tuple[PlantProcess, Path],
+) -> None:
+    """Found while fuzzing "huge JSON": a 180 MB request held the server (and its watchdog) for 20 s at
+    2.7 GB of memory. Requests are now capped at MAX_REQUEST_BYTES: libzmq drops the sender's connection."""
+    plant, _ = server
+    big = _socket(zmq.DEALER, plant.command, b"big")
+    other = _socket(zmq.DEALER, plant.command, b"other")
+    try:
+        just_fits = _encode_id("x" * (MAX_REQUEST_BYTES - 100))
+        assert len(just_fits) <= MAX_REQUEST_BYTES
+        big.send(just_fits)
+        check_reply_frame(just_fits, _receive(big, [just_fits])[0])  # up to the cap: served as usual
+        big.send(_encode_id("x" * (2 * MAX_REQUEST_BYTES)))
+        started = time.monotonic()
+        other.send(HELLO)
+        check_reply_frame(HELLO, _receive(other, [HELLO])[0])
+        assert time.monotonic() - started < 1.0  # nobody waited for the big one
+        assert not big.poll(500, zmq.POLLIN)  # dropped, unanswered
+        big.send(HELLO)  # the DEALER reconnects by itself; the next request is served
+        check_reply_frame(HELLO, _receive(big, [HELLO])[0])
+    finally:
+        big.close(linger=0)
+        other.close(linger=0)
+    assert plant.process.poll() is None
+
+
+HELLO = b'{"v":1,"id":"h","op":"hello"}'
+
+
+def _encode_id(request_id: str) -> bytes:
+    return json.dumps({"v": 1, "id": request_id, "op": "heartbeat"}).encode()
