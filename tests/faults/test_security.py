@@ -27,10 +27,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
 import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hil.client import TelemetrySubscriber, ZmqPlant
 from hil.gateway.config import load_gateway_config
@@ -38,10 +41,12 @@ from hil.handler import ProtocolHandler
 from hil.launch import PlantProcess, spawn_plant_server
 from hil.plant_log import LoggedBackend, read_plant_log
 from hil.security import ClientKeys, ServerKeys, apply_client_keys, generate_keys, start_authenticator
-from hil.server import PlantServer
+from hil.server import PlantServer, ServerOptions
 from plant_models.errors import PlantTimeout, ScenarioError
 from plant_models.registry import resolve_model
 from twin.simulated_plant import SimulatedPlant
+
+from .test_fuzz_handler import FUZZ
 
 REPO = Path(__file__).resolve().parents[2]
 BIOIMP = [sys.executable, "-m", "hil.cli"]
@@ -509,3 +514,18 @@ def test_secret_keys_never_appear_in_any_output(keys: Path, tmp_path: Path) -> N
     assert len(everything) > 1000
     for secret in _secret_texts(keys):
         assert secret not in everything, f"a secret key ({secret[:6]}...) appears in the output"
+
+
+@settings(FUZZ, max_examples=300)
+@given(address=st.ip_addresses(), option=st.sampled_from(["command", "telemetry"]))
+def test_without_keys_only_loopback_addresses_may_be_bound(address: IPv4Address | IPv6Address, option: str) -> None:
+    """Any IPv4/IPv6 address: a server without keys accepts it only if it is loopback (an IPv4-mapped
+    IPv6 loopback is refused too: conservative). The same check serves ``plant serve`` and the gateway."""
+    host = f"[{address}]" if address.version == 6 else str(address)
+    endpoints = {option: f"tcp://{host}:5555"}
+    if address.is_loopback:
+        assert ServerOptions(**endpoints).security == "none"
+    else:
+        with pytest.raises(ScenarioError, match="binding a network endpoint without keys is refused"):
+            ServerOptions(**endpoints)
+        assert ServerOptions(**endpoints, insecure=True).security == "insecure"
