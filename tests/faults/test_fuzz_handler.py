@@ -60,7 +60,7 @@ MESSAGE_BUDGET = {
 assert sum(MESSAGE_BUDGET.values()) >= 100_000
 
 FUZZ = settings(
-    derandomize=True,  # a fixed seed: the same messages in every CI run
+    derandomize=True,  # a fixed seed: the same command draws the same messages on every run
     database=None,
     deadline=None,
     print_blob=True,
