@@ -64,6 +64,16 @@ class _Node:
     P: FloatArray
     u: FloatArray
     meas: list[tuple[int, float]] = field(default_factory=list)
+    # What the node was computed from, ``[t, u..., count, device, value, ...]``, for the checkpoint;
+    # None once ``u`` or ``meas`` changed. Cached because the checkpoint is taken at every step and
+    # almost every node is unchanged since the previous one.
+    packed: FloatArray | None = None
+
+    def pack(self) -> FloatArray:
+        """``packed``, computed if stale."""
+        if self.packed is None:
+            self.packed = np.array([self.t_s, *self.u, len(self.meas), *(x for km in self.meas for x in km)])
+        return self.packed
 
 
 class ExtendedKalmanFilter:
@@ -129,7 +139,7 @@ class ExtendedKalmanFilter:
             self._history.append(_Node(t, self._z0.copy(), self._P0.copy(), u))
         else:
             last = self._history[-1]
-            last.u = u
+            last.u, last.packed = u, None
             if t > last.t_s + _SAME_TIME_S:
                 z, P = self._predict(last.z, last.P, u, t - last.t_s)
                 self._history.append(_Node(t, z, P, u.copy()))
@@ -228,6 +238,7 @@ class ExtendedKalmanFilter:
         node.P = ikh @ node.P @ ikh.T + r * np.outer(gain, gain)
         node.z = m.project(node.z + gain * innovation)
         node.meas.append((k, value))
+        node.packed = None
         return True
 
     def _insert(self, t_s: float, k: int, value: float) -> bool:
@@ -273,38 +284,37 @@ class ExtendedKalmanFilter:
     def checkpoint(self) -> Mapping[str, FloatArray]:
         """The whole filter state as arrays, compactly: the oldest history node in full (``z0``, ``P0``)
         and, for every node, only what it was computed from — its time, held input and applied
-        measurements. A later node is the prediction from the one before it followed by its
-        measurements, which is exactly how :meth:`update` and the re-filtering made it, so
-        :meth:`restore` recomputes the same floats. Storing every node's covariance instead would cost
-        ``nz²`` values per node: 30 h of 1-min nodes of a 13-state twin is 2.7 MB per checkpoint, one
-        per controller step."""
+        measurements (``nodes``: ``[t, u..., count, device, value, ...]`` per node). A later node is the
+        prediction from the one before it followed by its measurements, which is exactly how
+        :meth:`update` and the re-filtering made it, so :meth:`restore` recomputes the same floats.
+        Storing every node's covariance instead would cost ``nz²`` values per node: 30 h of 1-min nodes
+        of a 13-state twin is 2.7 MB per checkpoint, one per controller step."""
         h = self._history
-        meas = [(i, k, v) for i, n in enumerate(h) for k, v in n.meas]
         first = h[0] if h else _Node(0.0, self._z0, self._P0, np.zeros(self.spec.nu))
         return {
-            "t": np.array([n.t_s for n in h]),
             "z0": first.z.copy(),
             "P0": first.P.copy(),
-            "u": np.array([n.u for n in h]).reshape(len(h), self.spec.nu),
-            "meas": np.array(meas, dtype=float).reshape(len(meas), 3),
+            "nodes": np.concatenate([n.pack() for n in h]) if h else np.zeros(0),
             "last_seq": np.array([self._last_seq.get(d.device, -1) for d in self.devices], dtype=float),
         }
 
     def restore(self, state: Mapping[str, FloatArray]) -> None:
         """Continue from a :meth:`checkpoint` (re-propagating the history from its oldest node)."""
-        applied: list[list[tuple[int, float]]] = [[] for _ in state["t"]]
-        for i, k, v in state["meas"]:
-            applied[int(i)].append((int(k), float(v)))
+        packed, nu, i = state["nodes"], self.spec.nu, 0
         nodes: list[_Node] = []
-        for i, (t, u) in enumerate(zip(state["t"], state["u"], strict=True)):
+        while i < len(packed):
+            t, u, count = float(packed[i]), np.array(packed[i + 1 : i + 1 + nu]), int(packed[i + 1 + nu])
+            pairs = packed[i + 2 + nu : i + 2 + nu + 2 * count].reshape(count, 2)
+            i += 2 + nu + 2 * count
             if not nodes:
-                nodes.append(_Node(float(t), np.array(state["z0"]), np.array(state["P0"]), np.array(u), applied[0]))
-                continue
-            prev = nodes[-1]
-            z, P = self._predict(prev.z, prev.P, prev.u, float(t) - prev.t_s)
-            node = _Node(float(t), z, P, np.array(u))
-            for k, v in applied[i]:
-                self._apply(node, k, v, gate=False)
+                node = _Node(t, np.array(state["z0"]), np.array(state["P0"]), u)
+                node.meas = [(int(k), float(v)) for k, v in pairs]
+            else:
+                prev = nodes[-1]
+                z, P = self._predict(prev.z, prev.P, prev.u, t - prev.t_s)
+                node = _Node(t, z, P, u)
+                for k, v in pairs:
+                    self._apply(node, int(k), float(v), gate=False)
             nodes.append(node)
         self._history = nodes
         seqs = zip(self.devices, state["last_seq"], strict=True)
