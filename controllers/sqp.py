@@ -15,6 +15,10 @@ Compute budget (``MpcConfig.budget_s``): before each further SQP iteration the c
 its cost from the last one; if the budget would be exceeded it stops and returns the current iterate
 (``fallback="budget_iterate"``: it satisfies bounds and linearised dynamics) or, when not even one
 iteration fits, the previous plan shifted by one interval (``fallback="shifted_plan"``).
+
+A failed solve (an infeasible QP, a NaN from the model, a twin state that is not finite — status
+``qp_error: ...`` or ``not_finite`` for the last two) falls back to the previous plan shifted by one
+interval, and the next step starts cold from the new state; a failure with no plan is a safe hold.
 """
 
 from __future__ import annotations
@@ -131,6 +135,10 @@ class SqpMpc:
         rti = cfg.mode == "rti" and had_plan
         max_iter = 1 if rti else cfg.max_iter
         status, fallback, iterations, ok = "ok", None, 0, False
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(p))):
+            # A NaN in the twin's state or parameters would reach the QP's bounds (HPIPM refuses them
+            # with an exception): no iteration, the fallback below decides.
+            status, max_iter = "not_finite", 0
         while iterations < max_iter:
             if self._over_budget(start):
                 status = "budget_exceeded"
@@ -140,12 +148,17 @@ class SqpMpc:
             if prep is None or prep.w is not w or not np.array_equal(prep.p, p):
                 prep = self.prepare(w, lam, p)
             self._prepared = None
-            sol = self._feedback(prep, z0)
+            try:
+                sol = self._feedback(prep, z0)
+            except RuntimeError as exc:  # an ill-posed QP (a NaN from the model at an odd state)
+                iterations += 1
+                status, ok = f"qp_error: {str(exc).splitlines()[-1][:120]}", False
+                break
             iterations += 1
             self._iter_s = time.perf_counter() - t_iter
-            ok = sol.ok
+            ok = sol.ok and bool(np.all(np.isfinite(sol.d)))
             if not ok:
-                status = sol.status
+                status = sol.status if sol.status != "ok" else "not_finite"
                 break
             # Full steps: from the shifted previous solution the iterate is close enough for the
             # local convergence of exact-Hessian SQP (each step measured: about 10x smaller).
@@ -153,7 +166,8 @@ class SqpMpc:
             if rti or float(np.max(np.abs(sol.d))) <= cfg.tol:
                 break
         else:
-            status = "max_iter"
+            if max_iter > 0:
+                status = "max_iter"
             ok = False
         if status == "budget_exceeded" and iterations > 0:
             ok, fallback = True, "budget_iterate"  # the last QP step: bounds and linearised dynamics hold
@@ -175,8 +189,13 @@ class SqpMpc:
         # After the feedback: shift the primal-dual solution, and (RTI) prepare the next QP.
         self._lam = np.concatenate([lam[nz:], lam[-nz:]]) if ok else np.zeros(self._qp.ng)
         self._u_prev = u
-        # Without a plan to shift (safe hold) the next step starts cold, and converges first.
-        self._w = None if fallback == "safe_hold" else ocp.shift(plan)
+        # Without a plan to shift (safe hold) the next step starts cold, and converges first. So does the
+        # step after a failed solve (not one cut short by the budget): the plan may be what failed — a NaN
+        # from the model at the odd state it passes through poisons every QP linearised along it (found by
+        # tests/faults/test_solver_faults.py: the shifted plan was used to the end of the batch). A second
+        # failure in a row, with no plan left, is a safe hold.
+        cold = fallback == "safe_hold" or (fallback == "shifted_plan" and status != "budget_exceeded")
+        self._w = None if cold else ocp.shift(plan)
         n = ocp.n
         stages = plan[: n * nv].reshape(n, nv)
         predicted_x = np.vstack([stages[:, :nx], plan[n * nv : n * nv + nx]])
