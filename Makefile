@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-full lint bench compare clean test-kill-long test-fit-coverage
+.PHONY: setup run test test-full lint bench compare clean test-kill-long test-fit-coverage soak
 
 # (Re)install whenever pyproject.toml changes. Only python3 with venv is assumed on the machine.
 $(STAMP): pyproject.toml
@@ -61,3 +61,8 @@ test-kill-long: setup
 # (make test runs 5; docs/fit.md has the measured figure).
 test-fit-coverage: setup
 	BIOIMP_FIT_REPS=20 $(BIN)/pytest -q -s tests/twin/fit/test_coverage.py
+
+# The soak (docs/reliability.md): a 14-day CHO batch, accelerated 2000x (about 11 min), under a seeded
+# random schedule of link faults, partitions, sensor faults and a plant kill. make test runs 1 day of it.
+soak: setup
+	BIOIMP_SOAK_DAYS=14 $(BIN)/pytest -q -s tests/faults/test_soak.py
