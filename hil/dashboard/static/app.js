@@ -5,7 +5,8 @@
 const params = new URLSearchParams(location.search);
 if (params.get("token")) {
   sessionStorage.setItem("bioimp-token", params.get("token"));
-  history.replaceState(null, "", location.pathname); // keep the token out of screenshots and history
+  params.delete("token"); // keep the token out of screenshots and history
+  history.replaceState(null, "", location.pathname + (params.toString() ? "?" + params : ""));
 }
 const token = sessionStorage.getItem("bioimp-token");
 const PLOT_CONFIG = { displayModeBar: false, responsive: true };
@@ -76,7 +77,7 @@ function planTimes(n, offset) {
 
 // A browser draws a few hundred points per trace quickly, tens of thousands slowly (SVG): long series
 // are thinned to every k-th point (and the last) for drawing only; the record keeps every point.
-const MAX_POINTS = 400;
+const MAX_POINTS = Number(params.get("points")) || 400; // ?points=N draws up to N points per trace
 function picks(n) {
   if (n <= MAX_POINTS) return null;
   const stride = Math.ceil(n / MAX_POINTS), out = [];
@@ -84,7 +85,9 @@ function picks(n) {
   out.push(n - 1);
   return out;
 }
-function thin(a, idx) { return idx ? idx.map((i) => a[i]) : a; }
+// Always a new array: Plotly.react redraws a trace only when its data arrays are new objects, and the
+// page's own arrays grow in place.
+function thin(a, idx) { return idx ? idx.map((i) => a[i]) : a.slice(); }
 
 // Each plot is drawn as its own task, so websocket messages (a fail-safe) are handled between two plots
 // rather than after all of them.
@@ -139,14 +142,14 @@ function render() {
   const ctl = data.ctl, ci = picks(ctl.t.length);
   const health = [
     { x: thin(ctl.t, ci), y: thin(ctl.ms, ci), mode: "markers", marker: { size: 3, color: "#1e64c8" }, name: "compute" },
-    { x: ctl.fbT, y: ctl.fbMs, text: ctl.fbText, mode: "markers", marker: { size: 8, color: "#c62828" }, name: "fallback" },
+    { x: ctl.fbT.slice(), y: ctl.fbMs.slice(), text: ctl.fbText.slice(), mode: "markers", marker: { size: 8, color: "#c62828" }, name: "fallback" },
   ];
   if (run.budget_s && ctl.t.length) {
     health.push({ x: [ctl.t[0], ctl.t[ctl.t.length - 1]], y: [run.budget_s * 1000, run.budget_s * 1000], mode: "lines",
       line: { dash: "dot", color: "#c62828" }, name: "budget" });
   }
   if (data.misses.length) {
-    health.push({ x: data.misses, y: data.misses.map(() => (run.budget_s || 0) * 1000), mode: "markers",
+    health.push({ x: data.misses.slice(), y: data.misses.map(() => (run.budget_s || 0) * 1000), mode: "markers",
       marker: { size: 9, symbol: "triangle-up", color: "#ff8f00" }, name: "deadline miss" });
   }
   const hl = layout("compute time per step", "ms"); hl.yaxis.type = "log";

@@ -157,7 +157,7 @@ def test_live_batch_failsafe_within_2_s_and_operator_arm_is_audited(
         run = None
         try:
             url = lines["ready"]
-            page.goto(lines["operator"])
+            page.goto(lines["operator"] + "&points=5000")  # no thinning: every trace holds every point
             page.wait_for_selector("text=waiting for the batch record")  # up before the batch: it waits
             run_args = [
                 "run", str(live_scenario(tmp_path)), "--plant", plant.command, "--telemetry", plant.telemetry,
@@ -204,6 +204,17 @@ def test_live_batch_failsafe_within_2_s_and_operator_arm_is_audited(
             print(f"fail-safe shown {shown_s:.2f} s after the controller stopped (watchdog {WATCHDOG_S} s)")
             page.wait_for_selector("#freshness:has-text('no data since')", timeout=3_000)  # telemetry stopped
 
+            # Every plot is drawn up to the newest point the page holds: read from what plotly computed at
+            # its last drawing (calcdata), not from its input (a reused input array is not redrawn).
+            caught_up = """() => {
+                const last = (id, name) => { const d = document.getElementById(id);
+                    return d.calcdata[d.data.findIndex(t => t.name === name)].at(-1).x; };
+                return last('state-X_s', 'measured') === data.samples['X_s'].t.at(-1)
+                    && last('state-X_s', 'estimate') === data.est.t.at(-1)
+                    && last('input-inp', 'intended') === data.sp.intended['inp'].t.at(-1)
+                    && last('input-inp', 'applied') === data.sp.applied['inp'].t.at(-1)
+                    && last('health', 'compute') === data.ctl.t.at(-1); }"""
+            page.wait_for_function(caught_up, timeout=5_000)
             states = trace_lengths(page, "state-X_s")
             assert states["estimate"] >= 30 and states["measured"] >= 30 and states["±2σ"] == states["estimate"]
             assert states["predicted"] == 21  # horizon 20: x_0 .. x_20
