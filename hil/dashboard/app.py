@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import plotly
 from fastapi import FastAPI, Request, WebSocket
@@ -93,6 +94,10 @@ def create_app(feed: LiveFeed, operator: OperatorAccess | None = None, *, push_s
 
     @app.websocket("/ws")
     async def stream(websocket: WebSocket) -> None:
+        if not _same_origin(websocket.headers.get("origin"), websocket.headers.get("host")):
+            # A page from another site open in the operator's browser must not read the batch.
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         cursor, plan_version = 0, -1
         try:
@@ -112,6 +117,13 @@ def create_app(feed: LiveFeed, operator: OperatorAccess | None = None, *, push_s
             return
 
     return app
+
+
+def _same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a websocket comes from this dashboard's own page (no Origin: not a browser, allowed)."""
+    if origin is None:
+        return True
+    return host is not None and urlsplit(origin).netloc == host
 
 
 def _refused(status: int, error: str) -> JSONResponse:

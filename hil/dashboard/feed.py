@@ -277,10 +277,10 @@ class LiveFeed:
             if quality == "good" and value is not None:
                 items.append(["s", device, sample_t, value])
         for _, t, x, x_var in self._rows(conn, "estimates", "t_s, x, x_var"):
-            sd = [math.sqrt(v) if v >= 0 else None for v in decode_vector(x_var).tolist()]
-            items.append(["e", t, decode_vector(x).tolist(), sd])
+            sd = [math.sqrt(v) if v >= 0 and math.isfinite(v) else None for v in decode_vector(x_var).tolist()]
+            items.append(["e", t, _finite(decode_vector(x).tolist()), sd])
         for _, t, u, status, compute_s, fallback in self._rows(conn, "controls", "t_s, u, status, compute_s, fallback"):
-            items.append(["c", t, compute_s, status, fallback, decode_vector(u).tolist()])
+            items.append(["c", t, compute_s, status, fallback, _finite(decode_vector(u).tolist())])
         for _, wall, t, state, setpoints, reply in self._rows(
             conn, "setpoints", "wall_s, t_s, state, setpoints, reply"
         ):
@@ -299,6 +299,11 @@ class LiveFeed:
                 self._items.extend(items)
                 for state, reason, wall in states:
                     self._set_plant_state(state, reason, wall)
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """Non-finite values as None: the page's JSON has no NaN (a diverged estimate must not break it)."""
+    return [v if math.isfinite(v) else None for v in values]
 
 
 def _number(value: object) -> float | None:

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Origin
 
 from plant_models.fedbatch_haldane import fedbatch_haldane
 from tests.hil.dashboard.test_dashboard_live import CHROMIUM, CHROMIUM_ARGS, free_port, start_dashboard
@@ -105,6 +108,12 @@ def _check_tls_and_read_only(url: str) -> None:
         urllib.request.urlopen(request, context=unverified, timeout=10)
     assert refused.value.code == 403
     assert "read-only dashboard" in json.loads(refused.value.read())["error"]
+    # The websocket answers the dashboard's own page only: another site's page gets no data.
+    ws_url = url.replace("https://", "wss://") + "ws"
+    with pytest.raises(InvalidStatus):
+        ws_connect(ws_url, ssl=unverified, origin=Origin("https://evil.example"), open_timeout=10).close()
+    with ws_connect(ws_url, ssl=unverified, origin=Origin(url.rstrip("/")), open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"  # the record is not there yet
 
 
 def test_tls_read_only_page_follows_the_growing_record(tmp_path: Path) -> None:
