@@ -9,8 +9,9 @@ solver. The same frozen solver serves
 * the offline optimum over the whole batch (``bioimp optimize``, the open-loop baseline, the oracle),
 * the slow level of the two-level controller, re-solved every hour from the twin's estimate.
 
-Build time (symbolic): RK4 multiple shooting (``substeps`` per interval), objective, soft state bounds
-with an exact L1 penalty (slacks), hard input bounds, frozen into one Ipopt ``nlpsol``. Run time:
+Build time (symbolic): RK4 multiple shooting (``substeps`` per interval, one SX function called once per
+interval from an MX graph, so its derivatives are built once), objective, soft state bounds with an
+exact L1 penalty (slacks), hard input bounds, frozen into one Ipopt ``nlpsol``. Run time:
 :meth:`BatchOcp.solve` fills the parameters ``(x0, p, dt)`` and warm-starts from the previous solution.
 
 Objective names are states, outputs, or products ``"a*b"`` of two of them (``"mAb*V"``: antibody mass,
@@ -101,7 +102,7 @@ class BatchSolution:
     compute_s: float
 
 
-def signal_expr(spec: ModelSpec, name: str, x: ca.SX, u: ca.SX, p: ca.SX) -> ca.SX:
+def signal_expr(spec: ModelSpec, name: str, x: ca.MX, u: ca.MX, p: ca.MX) -> ca.MX:
     """A state, output or ``"a*b"`` product of two of them as an expression of ``(x, u, p)``."""
     if "*" in name:
         a, b = name.split("*", 1)
@@ -146,41 +147,50 @@ class BatchOcp:
         x0_model = np.array(spec.vector("states", spec.x0))
         self.scale = np.maximum(np.abs(x0_model), 1.0) if scale is None else np.asarray(scale, dtype=float)
 
-        x_init = ca.SX.sym("x_init", nx)
-        p = ca.SX.sym("p", spec.np)
-        dt = ca.SX.sym("dt")
-        u_prev = ca.SX.sym("u_prev", nu)
-        # RK4 with dt as a symbol: the interval length is a run-time parameter (the horizon shrinks).
-        xs_, us_, ps_ = ca.SX.sym("x", nx), ca.SX.sym("u", nu), ca.SX.sym("p", spec.np)
-        h = dt / config.substeps
+        # One interval, symbolic once: RK4 with dt as a symbol (the interval length is a run-time
+        # parameter: the horizon shrinks), returning the state at its end and the bounded states at every
+        # sub-step — bounds hold along the path, not only at the interval ends (a daily grid would
+        # otherwise let glucose dip to starvation between two nodes).
+        xs_, us_, ps_, dt_ = ca.SX.sym("x", nx), ca.SX.sym("u", nu), ca.SX.sym("p", spec.np), ca.SX.sym("dt")
+        h = dt_ / config.substeps
         bounded = [(i, name) for i, name in enumerate(spec.states) if name in config.state_bounds]
+        nb, ns = len(bounded), config.substeps
         xk = xs_
         sub_points = []
-        for _ in range(config.substeps):
+        for _ in range(ns):
             k1 = spec.f(xk, us_, ps_)
             k2 = spec.f(xk + h / 2 * k1, us_, ps_)
             k3 = spec.f(xk + h / 2 * k2, us_, ps_)
             k4 = spec.f(xk + h * k3, us_, ps_)
             xk = xk + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             sub_points.append(ca.vertcat(*(xk[i] for i, _ in bounded)))
-        step = ca.Function("F", [xs_, us_, ps_, dt], [xk])
-        # The bounded states at every RK4 sub-step: bounds hold along the path, not only at the interval
-        # ends (a daily grid would otherwise let glucose dip to starvation between two nodes).
-        path = ca.Function("path", [xs_, us_, ps_, dt], [ca.horzcat(*sub_points) if bounded else ca.SX(0, 1)])
+        step = ca.Function("F", [xs_, us_, ps_, dt_], [xk])
+        path = ca.horzcat(*sub_points) if bounded else ca.SX(0, ns)
+        interval = ca.Function("interval", [xs_, us_, ps_, dt_], [xk, path])
+        # The NLP is an MX graph that *calls* the interval function N times: its derivatives are
+        # generated once, for one interval, and reused. Inlining the N x substeps RK4 stages into one SX
+        # graph instead made the exact Hessian's graph so large that building the solver took ~9 s (and
+        # its C code 175 MB).
+        x_init, p = ca.MX.sym("x_init", nx), ca.MX.sym("p", spec.np)
+        dt, u_prev = ca.MX.sym("dt"), ca.MX.sym("u_prev", nu)
         sc = ca.DM(self.scale)
-        zs = [ca.SX.sym(f"z{k}", nx) for k in range(n + 1)]  # scaled states
-        us = [ca.SX.sym(f"u{k}", nu) for k in range(n)]
-        slo = [ca.SX.sym(f"slo{k}", len(bounded)) for k in range(n)]  # slacks of nodes 1..N
-        shi = [ca.SX.sym(f"shi{k}", len(bounded)) for k in range(n)]
+        sb = ca.DM([float(self.scale[i]) for i, _ in bounded])
+        sb_grid = ca.repmat(sb, 1, ns)
+        zs = [ca.MX.sym(f"z{k}", nx) for k in range(n + 1)]  # scaled states
+        us = [ca.MX.sym(f"u{k}", nu) for k in range(n)]
+        slo = [ca.MX.sym(f"slo{k}", nb) for k in range(n)]  # slacks of nodes 1..N
+        shi = [ca.MX.sym(f"shi{k}", nb) for k in range(n)]
         xs = [sc * z for z in zs]
-        w: list[ca.SX] = []
-        g: list[ca.SX] = [(x_init - xs[0]) / sc]
+        w: list[ca.MX] = []
+        g: list[ca.MX] = [(x_init - xs[0]) / sc]
         lbg: list[float] = [0.0] * nx
         ubg: list[float] = [0.0] * nx
-        cost = ca.SX(0)
+        # Path bounds in the order of vec() of an (nb, substeps) grid: bound j of sub-step m at j + nb m.
+        lo_grid = [config.state_bounds[name][0] / float(self.scale[i]) for i, name in bounded] * ns
+        hi_grid = [config.state_bounds[name][1] / float(self.scale[i]) for i, name in bounded] * ns
+        cost = ca.MX(0)
         du_w = ca.DM([config.objective.delta_u.get(name, 0.0) for name in spec.inputs])
         last_u = u_prev
-        zero_u = ca.SX.zeros(nu)
         for k in range(n):
             w += [zs[k], us[k]]
             for name, weight in config.objective.stage.items():
@@ -188,27 +198,23 @@ class BatchOcp:
                 cost += dt * weight * signal_expr(spec, name, xs[k], us[k], p)
             cost += ca.dot(du_w, (us[k] - last_u) ** 2)
             last_u = us[k]
-            g.append((step(xs[k], us[k], p, dt) - xs[k + 1]) / sc)
+            x_end, points = interval(xs[k], us[k], p, dt)
+            g.append((x_end - xs[k + 1]) / sc)
             lbg += [0.0] * nx
             ubg += [0.0] * nx
             if bounded:
                 w += [slo[k], shi[k]]
-                points = path(xs[k], us[k], p, dt)
-                for j, (i, name) in enumerate(bounded):
-                    lo, hi = config.state_bounds[name]
-                    s = float(self.scale[i])
-                    cost += config.penalty * s * (slo[k][j] + shi[k][j])
-                    for m in range(config.substeps):
-                        # lo - slo <= x <= hi + shi, slacks >= 0 and paid for: exact penalty.
-                        g.append((points[j, m] + slo[k][j] * s) / s)
-                        lbg.append(lo / s if math.isfinite(lo) else -math.inf)
-                        ubg.append(math.inf)
-                        g.append((points[j, m] - shi[k][j] * s) / s)
-                        lbg.append(-math.inf)
-                        ubg.append(hi / s if math.isfinite(hi) else math.inf)
+                cost += config.penalty * ca.dot(sb, slo[k] + shi[k])
+                # lo - slo <= x <= hi + shi on every sub-step, slacks >= 0 and paid for: exact penalty.
+                g.append(ca.vec((points + ca.repmat(slo[k] * sb, 1, ns)) / sb_grid))
+                lbg += lo_grid
+                ubg += [math.inf] * (nb * ns)
+                g.append(ca.vec((points - ca.repmat(shi[k] * sb, 1, ns)) / sb_grid))
+                lbg += [-math.inf] * (nb * ns)
+                ubg += hi_grid
         w.append(zs[n])
         for name, weight in config.objective.terminal.items():
-            cost += weight * signal_expr(spec, name, xs[n], zero_u, p)
+            cost += weight * signal_expr(spec, name, xs[n], ca.MX.zeros(nu), p)
 
         ub = [config.input_bounds.get(nm, spec.input_bounds[nm]) for nm in spec.inputs]
         lbw: list[float] = []
@@ -231,7 +237,7 @@ class BatchOcp:
         params = ca.vertcat(x_init, p, dt, u_prev)
         nlp = {"x": ca.vertcat(*w), "p": params, "f": config.cost_scale * cost, "g": ca.vertcat(*g)}
         ipopt: dict[str, Any] = {"print_level": 0, "sb": "yes", "max_iter": config.max_iter, "tol": config.tol}
-        opts: dict[str, Any] = {"expand": True, "print_time": False, "ipopt": ipopt}
+        opts: dict[str, Any] = {"print_time": False, "ipopt": ipopt}
         self._solver = ca.nlpsol("batch_ocp", "ipopt", nlp, opts)
         # Re-solves from the previous primal-dual solution (the next hour's problem is close to this
         # one): start with a small barrier and keep the iterate near the previous active set.
