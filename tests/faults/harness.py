@@ -151,7 +151,10 @@ def kpis_at_batch_end(db: Path, steps: int) -> dict[str, float]:
     for t, device, value in rows:
         if value is not None and (not series[device] or t > series[device][-1][0]):
             series[device].append((float(t), float(value)))
-    t_end = series["P_s"][0][0] + steps * PLANT_PERIOD_S
+    # The batch's start on the loop's period grid: a reading is never early, often late (a delayed or
+    # resent request), and step 0's may be lost, so the grid is the earliest of (time - step · period).
+    reads = query(db, "SELECT step, read_t_s FROM samples WHERE device = 'P_s'")
+    t_end = min(float(t) - int(k) * PLANT_PERIOD_S for k, t in reads) + steps * PLANT_PERIOD_S
 
     def at(name: str, t: float) -> float:
         ts, vs = zip(*series[name], strict=True)

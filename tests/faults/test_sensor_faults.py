@@ -16,6 +16,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,11 @@ def estimates(db: Path, states: tuple[str, ...], names: list[str]) -> dict[float
 
 @pytest.mark.timeout(300)
 def test_nan_spike_stuck_drift_late_assay_rejected_recorded_batch_within_constraints(tmp_path: Path) -> None:
-    run_cli(cho_scenario(tmp_path, "clean", STEPS), tmp_path / "clean")
-    run_cli(cho_scenario(tmp_path, "faulty", STEPS, FAULTS), tmp_path / "faulty")
+    clean, faulty = cho_scenario(tmp_path, "clean", STEPS), cho_scenario(tmp_path, "faulty", STEPS, FAULTS)
+    with ThreadPoolExecutor(2) as pool:  # the two batches side by side
+        runs = [pool.submit(run_cli, clean, tmp_path / "clean"), pool.submit(run_cli, faulty, tmp_path / "faulty")]
+        for run in runs:
+            run.result()
     db, ref_db = tmp_path / "faulty" / "record.sqlite", tmp_path / "clean" / "record.sqlite"
     assert verify_record(db).ok
 
