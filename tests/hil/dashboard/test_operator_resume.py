@@ -37,7 +37,7 @@ def test_resumed_run_serves_operator_actions_into_the_same_record(tmp_path: Path
     console = ["--operator-endpoint", endpoint, "--operator-server-key", str(keys / "run.key_secret"),
                "--operator-allow", str(keys / "allow")]  # fmt: skip
     with spawn_plant_server("fedbatch_haldane", extra_args=("--watchdog", "0")) as plant:
-        scenario = live_scenario(tmp_path, steps=300)
+        scenario = live_scenario(tmp_path, steps=300, period_s=300.0)
         first = subprocess.Popen(
             bioimp("run", str(scenario), "--plant", plant.command, "--out", str(out), *console),
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
