@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import socket
 import sys
 import threading
 import time
@@ -79,6 +80,22 @@ def _check_tls(args: argparse.Namespace, bind: BindAddress) -> bool:
     return tls
 
 
+def _check_bindable(bind: BindAddress, text: str) -> None:
+    """Refuse an address this machine cannot listen on (in use, not ours) before anything starts.
+
+    Raises:
+        ScenarioError: naming the address and the system's reason.
+    """
+    try:
+        infos = socket.getaddrinfo(bind.host, bind.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ScenarioError(f"--bind {text}: cannot listen there ({exc.strerror or exc})") from None
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -90,6 +107,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
     bind = parse_bind(args.bind)
     tls = _check_tls(args, bind)
+    _check_bindable(bind, args.bind)
     stale_after_s = _positive(args.stale_after, "--stale-after")
     timeout_s = _positive(args.operator_timeout, "--operator-timeout")
     operator = None

@@ -6,6 +6,7 @@ nothing served. A TLS dashboard really serving is in test_dashboard_page.py.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,17 @@ def test_bad_options_are_one_line_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith(f"bioimp: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["dashboard", "--record", str(tmp_path), "--bind", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"bioimp: error: --bind 127.0.0.1:{port}: cannot listen there"), err
     assert len(err.strip().splitlines()) == 1
 
 
