@@ -62,3 +62,24 @@ def test_default_bind_is_loopback_port_8050() -> None:
 
     args = build_parser().parse_args(["dashboard", "--record", "x"])
     assert args.bind == "127.0.0.1:8050" and args.tls_cert is None and args.operator_key is None
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--operator-endpoint", "tcp://127.0.0.1:5570"], "--operator-endpoint needs --operator-server-key and"),
+        (["--publish", "tcp://0.0.0.0:5570"], "--publish tcp://0.0.0.0:5570: plans are published on a local"),
+        (
+            ["--operator-endpoint", "tcp://127.0.0.1:5570", "--operator-server-key", "k", "--operator-allow", "."],
+            "--operator-server-key 'k': not a readable ZeroMQ certificate",
+        ),
+    ],
+)
+def test_bad_run_console_options_are_one_line_exit_2_and_start_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    code = main(["run", "--out", str(tmp_path / "run"), *options])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"bioimp: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
