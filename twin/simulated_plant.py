@@ -51,6 +51,13 @@ class _PendingAssay:
     values: Mapping[str, float | None]
 
 
+# What an advance with sensors changes (SimulatedPlant.advance restores it when a segment fails).
+# (with the time and the two random streams).
+_ADVANCE_STATE = (
+    "true_state", "_readings", "_seq", "_totals", "_pending", "_faults_left", "_last_measured", "assay_times_s"
+)
+
+
 class SimulatedPlant:
     """A virtual-clock plant integrating ``spec`` with true parameters ``params`` from ``x0``.
 
@@ -173,14 +180,25 @@ class SimulatedPlant:
         """Integrate ``dt_s`` seconds with the applied inputs held; samples due meanwhile are taken."""
         t_end = self.time_s + dt_s
         if self.sensors is None:
-            self._integrate(t_end)
+            self._integrate(t_end)  # one step: it fails before it changes anything
         else:
-            # Integrate segment by segment, stopping at each sample instant in (time_s, t_end].
-            for t_event in self._event_times(self.time_s, t_end):
-                self._integrate(t_event)
-                self._sample_events(t_event)
-            self._integrate(t_end)
-            self._release_assays()
+            # Integrate segment by segment, stopping at each sample instant in (time_s, t_end]. A failed
+            # segment must not leave the plant part of the way (the protocol: time does not move on a
+            # failed advance), so the state the segments change is put back.
+            saved = {k: getattr(self, k).copy() for k in _ADVANCE_STATE}  # shallow: the items are immutable
+            draws = (self._rng_process.bit_generator.state, self._rng_sensor.bit_generator.state)
+            time_s = self.time_s
+            try:
+                for t_event in self._event_times(self.time_s, t_end):
+                    self._integrate(t_event)
+                    self._sample_events(t_event)
+                self._integrate(t_end)
+                self._release_assays()
+            except BaseException:
+                self.__dict__.update(saved)
+                self.time_s = time_s
+                self._rng_process.bit_generator.state, self._rng_sensor.bit_generator.state = draws
+                raise
         self.time_s = t_end
         self._sample_seq += 1
         return self.time_s

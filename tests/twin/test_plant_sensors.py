@@ -235,3 +235,32 @@ def test_process_noise_moves_the_truth_by_its_stated_size_and_the_totalizer_coun
     assert noisy.true_state[SPEC.states.index("V")] == pytest.approx(quiet.true_state[SPEC.states.index("V")])
     # The feed totalizer is the integral of the applied feed (0.002 L/h for 24 h), exact.
     assert readings[-1]["F_total"][:2] == (pytest.approx(0.048, rel=1e-12), 24 * HOUR)
+
+
+def test_an_advance_that_fails_part_way_leaves_the_plant_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The protocol promises that time does not move on a failed advance: a 2-day advance crosses an
+    assay and many online samples; its integrator fails on the 3rd segment. Afterwards the plant is
+    exactly where it was (readings, state, time), and it goes on as if the failure had never happened."""
+    failing, twin = new_plant(SC), new_plant(SC)
+    for plant in (failing, twin):
+        _drive(plant, 5)
+    before = {n: (r.value, r.t_s, r.seq) for n, r in failing.read().items()}
+    state, t = failing.true_state.copy(), failing.time_s
+    real_step, calls = failing._sim.step, [0]
+
+    def step_failing_on_the_third_segment(*args: object) -> object:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("integrator failure (injected)")
+        return real_step(*args)
+
+    monkeypatch.setattr(failing._sim, "step", step_failing_on_the_third_segment)
+    with pytest.raises(RuntimeError, match="injected"):
+        failing.advance(48 * HOUR)
+    assert calls[0] == 3
+    assert failing.time_s == t
+    np.testing.assert_array_equal(failing.true_state, state)
+    assert {n: (r.value, r.t_s, r.seq) for n, r in failing.read().items()} == before
+    monkeypatch.setattr(failing._sim, "step", real_step)
+    assert _drive(failing, 30) == _drive(twin, 30)  # same noise draws, assays, totals: nothing half-done
+    np.testing.assert_array_equal(failing.true_state, twin.true_state)
