@@ -51,8 +51,8 @@ class _PendingAssay:
     values: Mapping[str, float | None]
 
 
-# What an advance with sensors changes (SimulatedPlant.advance restores it when a segment fails).
-# (with the time and the two random streams).
+# What an advance with sensors changes besides the time and the two random streams
+# (SimulatedPlant.advance puts it back when a segment fails).
 _ADVANCE_STATE = (
     "true_state", "_readings", "_seq", "_totals", "_pending", "_faults_left", "_last_measured", "assay_times_s"
 )
