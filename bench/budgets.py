@@ -49,6 +49,9 @@ BUDGETS: dict[str, Budget] = {
     "sweep_dask_overhead": Budget(
         0.10, "ratio", "sweep: extra time per case on a Dask LocalCluster of 2 vs a local pool of 2 (issue 7)"
     ),
+    "peak_rss_ratio_double_batch": Budget(
+        1.2, "ratio", "peak RSS of the run: a CHO batch twice as long / the shorter one (28 vs 14 days, issue 5)"
+    ),
     "ekf_update_p99_ms": Budget(
         200.0, "ms", "CHO EKF update (7 states + 5 parameters), well inside the 1-min online sampling period"
     ),
