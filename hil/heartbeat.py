@@ -49,6 +49,8 @@ class HeartbeatSender:
         self.period_s = period_s
         self.state: PlantState | None = None
         self.sent = 0
+        self._changes: list[tuple[float, PlantState]] = []  # (plant time s, new state), not yet taken
+        self._lock = threading.Lock()
         self._keys = keys
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bioimp-heartbeat", daemon=True)
@@ -63,6 +65,12 @@ class HeartbeatSender:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+
+    def state_changes(self) -> list[tuple[float, PlantState]]:
+        """The plant's state changes seen since the last call, as (plant time s, new state)."""
+        with self._lock:
+            changes, self._changes = self._changes, []
+        return changes
 
     def __enter__(self) -> Self:
         return self.start()
@@ -81,8 +89,12 @@ class HeartbeatSender:
             ) as plant:
                 while not self._stop.is_set():
                     try:
-                        _, self.state = plant.heartbeat()
+                        t_s, state = plant.heartbeat()
                         self.sent += 1
+                        if self.state is not None and state != self.state:
+                            with self._lock:
+                                self._changes.append((t_s, state))
+                        self.state = state
                     except (PlantTimeout, ProtocolError) as exc:
                         log.warning("heartbeat to %s failed: %s", self.endpoint, exc)
                     self._stop.wait(self.period_s)

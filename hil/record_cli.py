@@ -57,13 +57,30 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
             watchdog_s = patient_hello(plant).watchdog_s
             if watchdog_s is not None:  # keep the plant's watchdog fed while the solver works
-                stack.enter_context(HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys))
+                beat = HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys)
+                heartbeats.append(stack.enter_context(beat))
             return plant
 
-        def listen(telemetry: str | None) -> Callable[[], list[EventRow]] | None:
-            if telemetry is None:
-                return None
-            return stack.enter_context(PlantEventListener(telemetry, keys=keys)).drain
+        heartbeats: list[HeartbeatSender] = []
+
+        def listen(telemetry: str | None) -> Callable[[], list[EventRow]]:
+            """The plant's announcements (``--telemetry``) and the state changes its heartbeat found.
+
+            The heartbeat's replies carry the plant's state: a fail-safe and re-arm that happened while the
+            loop's own writes were lost (a partition, then an operator's arm) is recorded all the same.
+            """
+            from twin.record import EventRow
+
+            listener = None if telemetry is None else stack.enter_context(PlantEventListener(telemetry, keys=keys))
+
+            def drain() -> list[EventRow]:
+                rows = [] if listener is None else listener.drain()
+                for beat in heartbeats:
+                    for t_s, state in beat.state_changes():
+                        rows.append(EventRow(t_s, "plant_state", f"the heartbeat found the plant {state}"))
+                return rows
+
+            return drain
 
         console = console_from_args(args)  # --publish, --operator-endpoint (hil/console.py)
         if console is not None:

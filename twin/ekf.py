@@ -31,6 +31,9 @@ device; ``seq`` 0 means the device has not sampled yet.
   After ``LOCKOUT_REJECTIONS`` consecutive gate rejections of a device, the filter trusts the sensor over
   itself: it widens the variance of the states that device measures just enough for the reading to pass,
   and fuses it.
+
+A plant whose time goes back (a restarted server counting from zero) is taken to have renumbered its
+clock, not to have rewound the culture: the history moves onto the new clock (:meth:`_rebase`).
 """
 
 from __future__ import annotations
@@ -135,6 +138,8 @@ class ExtendedKalmanFilter:
         """Predict to ``meas.time_s`` with ``u_applied`` held, then fuse the new readings."""
         t = meas.time_s
         u = self._input(u_applied)
+        if self._history and t < self._history[-1].t_s - _SAME_TIME_S:
+            self._rebase(t - self._history[-1].t_s)
         if not self._history:
             self._history.append(_Node(t, self._z0.copy(), self._P0.copy(), u))
         else:
@@ -195,6 +200,16 @@ class ExtendedKalmanFilter:
             P = A @ P @ A.T + np.diag(q * h)
             z = m.project(np.asarray(z_next).ravel())
         return z, 0.5 * (P + P.T)
+
+    def _rebase(self, shift_s: float) -> None:
+        """Move the whole history by ``shift_s`` seconds: the plant's clock went back (its server restarted
+        and counts from zero again; the loop records ``plant_time_reset``). The culture did not go back
+        with it, so the filter goes on from where it was, on the new clock. Without this every later
+        reading was older than the history and rejected: the twin was blind for the rest of the batch
+        (found by the soak, tests/faults/soak.py)."""
+        for node in self._history:
+            node.t_s += shift_s
+            node.packed = None
 
     def _stuck(self, k: int, value: float) -> bool:
         """Whether noisy device ``k`` has now sent ``value`` STUCK_REPEATS times in a row (frozen)."""

@@ -304,9 +304,9 @@ def _match_faults(report: SoakReport, db: Path) -> None:
     reset = next((i for i, (_, kind, _) in enumerate(rows) if kind == "plant_time_reset"), len(rows))
     by_plant = {0: rows[:reset], 1: rows[reset:]}
 
-    def near(plant: int, kinds: tuple[str, ...], device: str | None, lo: float, hi: float) -> str:
+    def near(plant: int, kinds: tuple[str, ...], device: str | None, lo: float, hi: float, says: str = "") -> str:
         for t, kind, message in by_plant[plant]:
-            if t is None or kind not in kinds or not lo <= t <= hi:
+            if t is None or kind not in kinds or not lo <= t <= hi or says not in message:
                 continue
             if device is None or message.startswith(device + ":"):
                 return f"{kind} at {t / HOUR:.2f} h" + (" (restarted plant)" if plant else "")
@@ -319,7 +319,11 @@ def _match_faults(report: SoakReport, db: Path) -> None:
         elif f.kind == "partition_short":
             f.seen = near(f.plant, ("plant_unreachable", "period_overrun", "gap"), None, lo, hi)
         elif f.kind == "partition_long":
-            f.seen = near(f.plant, ("plant_failsafe",), None, lo, hi)
+            # The loop's write refused (plant_failsafe), or the heartbeat's reply (plant_state): a
+            # fail-safe re-armed before the loop's next write got through shows only in the latter.
+            f.seen = near(f.plant, ("plant_failsafe",), None, lo, hi) or near(
+                f.plant, ("plant_state",), None, lo, hi, says="failsafe"
+            )
         else:
             hi = f.at_s + f.length_s + 2 * HOUR
             device = "V" if f.kind == "sensor_drift" else "T"
