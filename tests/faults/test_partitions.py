@@ -92,6 +92,10 @@ def test_short_partitions_ridden_through_long_one_failsafe_no_stale_setpoint_res
     events = event_kinds(db)
     print(f"events: {events}")
     assert events.get("plant_failsafe", 0) >= 1 and events.get("plant_armed", 0) == 1
+    # The heartbeat's replies showed the fail-safe and the re-arm too (the record has them even when no
+    # write of the loop is refused in between).
+    states = [m for (m,) in query(db, "SELECT message FROM events WHERE kind = 'plant_state' ORDER BY rec")]
+    assert states == ["the heartbeat found the plant failsafe", "the heartbeat found the plant armed"], states
     assert applied_before > 3  # the short partitions did not stop control
 
     entries = read_plant_log(log)
