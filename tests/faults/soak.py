@@ -7,7 +7,7 @@ the batch runs, the schedule injects:
 * link faults all along (drop, duplicate, reorder, delay up to two periods, each ``LINK_RATE``);
 * per day, one short partition (a third of the watchdog) and one long one (twice the watchdog: the plant
   goes to fail-safe; the operator re-arms it a few periods after the link heals);
-* per day, sensor faults in the plant: a NaN and a +15 % spike on the temperature probe, the probe
+* per day, sensor faults in the plant: a NaN and a +15 % spike (40 min each) on the temperature probe, the probe
   frozen for 2 h, the load cell drifting +10 mL/h for 6 h;
 * once per batch, the plant server killed (SIGKILL) and restarted on the same endpoint (a simulated
   plant restarts from its initial state: the culture is not the point here, the loop's survival is).
@@ -96,9 +96,11 @@ def sensor_faults(days: float, rng: random.Random) -> tuple[list[Fault], str]:
         base = d * DAY
         plan = [
             # From 4 h: the plant's clock starts when it does, the loop's some seconds (hours) later.
-            # NaN and spike last 10 min: the loop reads every 5 min, the probe samples every minute.
-            ("sensor_nan", base + rng.uniform(4, 6) * HOUR, 600.0),
-            ("sensor_spike", base + rng.uniform(6.5, 8.5) * HOUR, 600.0),
+            # NaN and spike last 40 min: the loop reads every 5 min, the probe samples every minute, and
+            # a short partition (17 min of plant time) must not hide a fault entirely (the 14-day soak
+            # once scheduled one over a 10-min NaN: the loop never read it).
+            ("sensor_nan", base + rng.uniform(4, 6) * HOUR, 2400.0),
+            ("sensor_spike", base + rng.uniform(6.5, 8.5) * HOUR, 2400.0),
             ("sensor_stuck", base + rng.uniform(9, 12) * HOUR, 2 * HOUR),
             # +10 mL/h for 6 h: the EKF follows a drift (one load cell cannot tell it from a real volume
             # change); it shows when the drift stops and the reading jumps back 60 mL (30 sigma).
