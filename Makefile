@@ -62,7 +62,7 @@ test-kill-long: setup
 test-fit-coverage: setup
 	BIOIMP_FIT_REPS=20 $(BIN)/pytest -q -s tests/twin/fit/test_coverage.py
 
-# The soak (docs/reliability.md): a 14-day CHO batch, accelerated 2000x (about 11 min), under a seeded
+# The soak (docs/reliability.md): a 14-day CHO batch, accelerated 2000x (about 10 min), under a seeded
 # random schedule of link faults, partitions, sensor faults and a plant kill. make test runs 1 day of it.
 soak: setup
 	BIOIMP_SOAK_DAYS=14 $(BIN)/pytest -q -s tests/faults/test_soak.py

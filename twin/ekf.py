@@ -23,7 +23,7 @@ device; ``seq`` 0 means the device has not sampled yet.
 **Two sensor faults the gate alone gets wrong** (found by tests/faults/test_sensor_faults.py):
 
 * *A frozen transmitter.* A probe that repeats its last value looks plausible to the gate while the
-  process it should follow drifts away (a heater loop on a frozen temperature cooks the culture). A
+  process it should follow drifts away (a heater loop on a frozen temperature can cook a culture). A
   noisy device (``sigma`` or ``rel_sigma`` > 0) whose new samples carry exactly the same value
   ``STUCK_REPEATS`` times in a row is taken as stuck: rejected until its value changes again.
 * *A locked-out sensor.* Once the estimate has wandered more than ``reject_sigma`` from the truth (after

@@ -19,7 +19,7 @@ for every scheduled fault, the record's event that shows it.
 The CHO batch runs with the daily-bolus planner (the NMPC's ~1 s solves every hour would overrun a
 0.1 s wall period; solver faults have their own test) and the heater PID on the EKF twin.
 
-``make soak`` runs 14 days (~11 min); ``make test`` runs 1 day (tests/faults/test_soak.py).
+``make soak`` runs 14 days (~10 min); ``make test`` runs 1 day (tests/faults/test_soak.py).
 """
 
 from __future__ import annotations
