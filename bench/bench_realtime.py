@@ -59,7 +59,8 @@ def test_realtime_loop_jitter_and_misses(benchmark: Any) -> None:
     benchmark.group = "realtime"
     result = benchmark.pedantic(run, rounds=1, iterations=1)
     clock: RealtimeClock = outcome["clock"]
-    assert result.steps == PERIODS and len(clock.jitter_s) == PERIODS
+    # One wait per step the loop ran; a step whose period an overrun skipped is lost, not run late.
+    assert result.steps == PERIODS and len(clock.jitter_s) + clock.skipped_total >= PERIODS >= len(clock.jitter_s)
     jitter_ms = np.asarray(clock.jitter_s) * 1e3
     figures = {
         "jitter_p50_ms": float(np.percentile(jitter_ms, 50)),

@@ -54,6 +54,7 @@ class RealtimeClock:
         self.jitter_s: list[float] = []
         self.misses = 0
         self.skipped = 0  # periods the last wait skipped (0 when it was on time)
+        self.skipped_total = 0  # periods skipped since the start: steps the loop lost
         self._monotonic = monotonic
         self._sleep = sleep
         self._t0 = monotonic()
@@ -73,6 +74,7 @@ class RealtimeClock:
         if overrun > 0:
             self.misses += 1
             self.skipped = math.floor(overrun / self.period_s) + 1
+            self.skipped_total += self.skipped
             self._k += self.skipped
             start = self._t0 + self._k * self.period_s
         self._sleep(max(0.0, start - self._monotonic()))
