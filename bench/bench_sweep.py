@@ -32,6 +32,10 @@ from twin.sweep.run import SweepResult, run_sweep
 from twin.sweep.worker import TIMING_COLUMNS, CaseContext
 
 REPO = Path(__file__).resolve().parent.parent
+DASK_WORKER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 128 * 2**20,
+}
 STUDY = REPO / "scenarios" / "haldane_sweep.toml"
 
 
@@ -87,6 +91,7 @@ def _quick_study(tmp_path: Path) -> Path:
 
 
 def test_sweep_throughput(benchmark: Any, tmp_path: Path) -> None:
+    import dask
     from distributed import LocalCluster
 
     study = _quick_study(tmp_path) if benchmark.disabled else STUDY
@@ -98,9 +103,14 @@ def test_sweep_throughput(benchmark: Any, tmp_path: Path) -> None:
     }
 
     def run() -> None:
-        with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        ) as cluster:
+        with (
+            # As docs/scaling.md advises for CPU-bound cases: no statistical profiler sampling the case's
+            # thread every 10 ms, and glibc's own trim threshold instead of the 64 kB Dask sets for workers.
+            dask.config.set(DASK_WORKER_CONFIG),
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            ) as cluster,
+        ):
             for label, (workers, make) in makers.items():
                 address = cluster.scheduler_address
                 runs[label] = _timed(study, tmp_path / label, lambda: make(address), workers)  # noqa: B023
