@@ -37,6 +37,7 @@ import zmq.auth
 
 from controllers.live_bounds import AdjustableBounds
 from hil.security import ClientKeys, ServerKeys, apply_client_keys, is_local_endpoint, start_authenticator
+from hil.server import MAX_REQUEST_BYTES
 from plant_models.errors import BioimpError, PlantTimeout, ProtocolError, ScenarioError
 from twin.console import Armable, LiveBatch
 from twin.interfaces import ControlStep
@@ -125,6 +126,8 @@ class RunConsole:
         assert self._context is not None
         sock = self._context.socket(kind)
         sock.linger = 0
+        # An operator action is a few hundred bytes; a huge frame would hold the loop's thread.
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
         if keys is not None:
             keys.apply(sock)
         try:
