@@ -112,11 +112,14 @@ class ZmqPlant(_SocketOwner, RequestPlant):
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, round(timeout_s * 1000)))
         self._socket.connect(command_endpoint)
         self._closed = False
+        #: Monotonic time of the last request this client sent: the loop's sign of life (HeartbeatSender).
+        self.last_request_s = time.monotonic()
 
     def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> bytes:
         if self._closed:
             raise ValueError("I/O on a closed ZmqPlant")
         attempts = 1 + (self.retries if idempotent else 0)
+        self.last_request_s = time.monotonic()
         for _ in range(attempts):
             try:
                 self._socket.send(frame)

@@ -4,13 +4,21 @@ The loop's thread may spend a long time in a solver step; the watchdog must not 
 controller process, on the other hand, takes this thread with it, and the plant goes to fail-safe.
 The thread has its own socket (ZeroMQ sockets belong to one thread) and its own routing id, so its
 requests never interleave with the loop's.
+
+A controller that is alive but hung (a solver that never returns, a deadlock) would keep the plant
+armed through this thread. With ``stall_s`` (``bioimp run --stall-s``) the thread withholds its
+heartbeats while the loop has sent the plant nothing for that long, and the plant's watchdog takes over.
+The limit must exceed the longest legitimate silence: a wall-clock period plus the slowest solve.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
@@ -40,13 +48,29 @@ class HeartbeatSender:
             run_the_loop()
     """
 
-    def __init__(self, endpoint: str, period_s: float, *, keys: ClientKeys | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        period_s: float,
+        *,
+        keys: ClientKeys | None = None,
+        progress: Callable[[], float] | None = None,
+        stall_s: float | None = None,
+    ) -> None:
         """Args: endpoint: the plant's command endpoint; period_s: seconds between heartbeats;
-        keys: CURVE keys when the server has them."""
+        keys: CURVE keys when the server has them; progress: the monotonic time of the loop's last sign
+        of life (its plant client's last request); stall_s: stop the heartbeats while ``progress`` is
+        older than this, so the plant's watchdog puts a hung controller's plant in fail-safe (None: never).
+        """
         if not period_s > 0:
             raise ValueError(f"period_s must be > 0, not {period_s}")
+        if (stall_s is None) != (progress is None) or (stall_s is not None and not 0 < stall_s < math.inf):
+            raise ValueError(f"stall_s needs progress and must be a positive number of seconds, not {stall_s}")
         self.endpoint = endpoint
         self.period_s = period_s
+        self.stalled = False  # the loop showed no sign of life for stall_s: heartbeats withheld
+        self._progress = progress
+        self._stall_s = stall_s
         self.state: PlantState | None = None
         self.sent = 0
         self._changes: list[tuple[float, PlantState]] = []  # (plant time s, new state), not yet taken
@@ -80,6 +104,25 @@ class HeartbeatSender:
     ) -> None:
         self.stop()
 
+    def _loop_stalled(self) -> bool:
+        """Whether the loop has shown no sign of life for ``stall_s`` (logged when it changes)."""
+        if self._progress is None or self._stall_s is None:
+            return False
+        silent_s = time.monotonic() - self._progress()
+        stalled = silent_s > self._stall_s
+        if stalled != self.stalled:
+            if stalled:
+                log.error(
+                    "control loop silent for %.1f s (stall limit %g s): heartbeats withheld, the plant's "
+                    "watchdog will put it in fail-safe",
+                    silent_s,
+                    self._stall_s,
+                )
+            else:
+                log.warning("control loop alive again: heartbeats resumed (the plant stays in fail-safe until armed)")
+        self.stalled = stalled
+        return stalled
+
     def _run(self) -> None:
         identity = b"bioimp-hb-" + secrets.token_hex(6).encode()
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -88,6 +131,9 @@ class HeartbeatSender:
                 self.endpoint, timeout_s=self.period_s, retries=0, identity=identity, keys=self._keys, context=context
             ) as plant:
                 while not self._stop.is_set():
+                    if self._loop_stalled():
+                        self._stop.wait(self.period_s)
+                        continue
                     try:
                         t_s, state = plant.heartbeat()
                         self.sent += 1

@@ -48,6 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     timeout_s = args.timeout
     if not (timeout_s > 0 and timeout_s < float("inf")):
         raise ScenarioError(f"--timeout must be a positive number of seconds, not {timeout_s}")
+    stall_s = args.stall_s
+    if stall_s is not None and not (stall_s > 0 and stall_s < float("inf")):
+        raise ScenarioError(f"--stall-s must be a positive number of seconds, not {stall_s}")
     with contextlib.ExitStack() as stack:
 
         def connect(endpoint: str, identity: bytes) -> ZmqPlant:
@@ -57,7 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 raise ScenarioError(f"--plant {endpoint!r}: {exc}") from None
             watchdog_s = patient_hello(plant).watchdog_s
             if watchdog_s is not None:  # keep the plant's watchdog fed while the solver works
-                beat = HeartbeatSender(endpoint, heartbeat_period_s(watchdog_s), keys=keys)
+                progress = None if stall_s is None else (lambda: plant.last_request_s)
+                beat = HeartbeatSender(
+                    endpoint, heartbeat_period_s(watchdog_s), keys=keys, progress=progress, stall_s=stall_s
+                )
                 heartbeats.append(stack.enter_context(beat))
             return plant
 
@@ -193,6 +199,13 @@ def add_batch_run_options(run: argparse.ArgumentParser) -> None:
         default=2.0,
         metavar="SECONDS",
         help="wait this long for each reply before resending (default 2; keep it well under a wall period)",
+    )
+    run.add_argument(
+        "--stall-s",
+        type=float,
+        metavar="SECONDS",
+        help="withhold heartbeats when the loop has sent the plant nothing for this long, so a hung "
+        "controller's plant goes to fail-safe (default: off; set it above a wall period plus the slowest solve)",
     )
     run.set_defaults(func=cmd_run)
 

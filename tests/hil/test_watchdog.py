@@ -241,3 +241,45 @@ def test_plant_event_listener_hands_the_failsafe_event_to_the_record() -> None:
         assert "state=failsafe" in events[0].message and "watchdog" in events[0].message
         assert events[0].t_s == 0.0  # plant time (virtual clock, never advanced)
         assert listener.drain() == []  # handed over once
+
+
+def test_a_hung_loop_stops_its_heartbeat_and_the_plant_goes_to_failsafe() -> None:
+    """``bioimp run --stall-s``: a controller alive but hung (its loop sends nothing) must not keep the plant
+    armed through its heartbeat thread. While the loop talks to the plant the heartbeat feeds the watchdog
+    (longer than the watchdog); once the loop is silent past the stall limit the heartbeats stop, the
+    watchdog trips, and the plant stays in fail-safe when the loop comes back, until armed."""
+    watchdog_s, stall_s = 0.5, 1.0
+    with (
+        spawn_plant_server("fedbatch_haldane", extra_args=["--watchdog", str(watchdog_s)]) as server,
+        ZmqPlant(server.command) as loop_client,
+        ZmqPlant(server.command) as observer,  # hello is read-only: it never feeds the watchdog
+    ):
+        loop_client.write({"inp": 0.01}, seq=1)
+        with HeartbeatSender(
+            server.command, 0.1, progress=lambda: loop_client.last_request_s, stall_s=stall_s
+        ) as beat:
+            for _ in range(6):  # the loop at work: a request every 0.3 s, for 3.6 watchdogs
+                time.sleep(0.3)
+                loop_client.read()
+            assert observer.hello().state == "armed" and not beat.stalled
+            hung_at = time.monotonic()
+            while observer.hello().state != "failsafe":
+                assert time.monotonic() - hung_at < stall_s + 2 * watchdog_s + 1.0, "still armed: hang not caught"
+                time.sleep(0.05)
+            assert time.monotonic() - hung_at >= stall_s  # not before the stall limit
+            assert beat.stalled
+            loop_client.read()  # the loop is back: heartbeats resume, the plant stays safe until armed
+            time.sleep(0.3)
+            assert not beat.stalled and observer.hello().state == "failsafe"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_bioimp_run_refuses_a_bad_stall_limit_in_one_line(value: str, tmp_path: Any) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hil.cli", "run", "--stall-s", value, "--out", str(tmp_path / "run")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    message = f"bioimp: error: --stall-s must be a positive number of seconds, not {float(value)}"
+    assert done.stderr.strip().splitlines() == [message]
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
