@@ -67,15 +67,19 @@ class _Node:
     P: FloatArray
     u: FloatArray
     meas: list[tuple[int, float]] = field(default_factory=list)
-    # What the node was computed from, ``[t, u..., count, device, value, ...]``, for the checkpoint;
-    # None once ``u`` or ``meas`` changed. Cached because the checkpoint is taken at every step and
-    # almost every node is unchanged since the previous one.
+    trusted: set[int] = field(default_factory=set)  # positions in ``meas`` fused by the lock-out rule
+    # What the node was computed from, ``[t, u..., count, device, value, ..., n_trusted, position, ...]``,
+    # for the checkpoint; None once ``u`` or ``meas`` changed. Cached because the checkpoint is taken at
+    # every step and almost every node is unchanged since the previous one.
     packed: FloatArray | None = None
 
     def pack(self) -> FloatArray:
         """``packed``, computed if stale."""
         if self.packed is None:
-            self.packed = np.array([self.t_s, *self.u, len(self.meas), *(x for km in self.meas for x in km)])
+            pairs = (x for km in self.meas for x in km)
+            self.packed = np.array(
+                [self.t_s, *self.u, len(self.meas), *pairs, len(self.trusted), *sorted(self.trusted)]
+            )
         return self.packed
 
 
@@ -233,6 +237,19 @@ class ExtendedKalmanFilter:
         extra = max(0.0, wanted - float(h_row @ node.P @ h_row)) / max(float(np.sum(h_row[touched] ** 2)), 1e-300)
         node.P = node.P + extra * np.diag(touched.astype(float))
         self._apply(node, k, value, gate=False)
+        node.trusted.add(len(node.meas) - 1)
+
+    def _repropagate(self, prev: _Node, node: _Node) -> None:
+        """``node`` again from ``prev``: the prediction, then its measurements fused as they were (a trusted
+        one with its covariance widening redone), ungated."""
+        node.z, node.P = self._predict(prev.z, prev.P, prev.u, node.t_s - prev.t_s)
+        stored, trusted = node.meas, node.trusted
+        node.meas, node.trusted = [], set()
+        for i, (k, v) in enumerate(stored):
+            if i in trusted:
+                self._trust_sensor(node, k, v)
+            else:
+                self._apply(node, k, v, gate=False)
 
     def _apply(self, node: _Node, k: int, value: float, gate: bool = True) -> bool:
         """Fuse device ``k``'s ``value`` into ``node``; False (and no change) if it fails the gate."""
@@ -274,11 +291,7 @@ class ExtendedKalmanFilter:
             hist.insert(j + 1, target)
             j += 1
         for i in range(j + 1, len(hist)):
-            prev, node = hist[i - 1], hist[i]
-            node.z, node.P = self._predict(prev.z, prev.P, prev.u, node.t_s - prev.t_s)
-            stored, node.meas = node.meas, []
-            for kk, v in stored:
-                self._apply(node, kk, v, gate=False)
+            self._repropagate(hist[i - 1], hist[i])
         return True
 
     def _trim(self, t: float) -> None:
@@ -299,9 +312,10 @@ class ExtendedKalmanFilter:
     def checkpoint(self) -> Mapping[str, FloatArray]:
         """The whole filter state as arrays, compactly: the oldest history node in full (``z0``, ``P0``)
         and, for every node, only what it was computed from — its time, held input and applied
-        measurements (``nodes``: ``[t, u..., count, device, value, ...]`` per node). A later node is the
-        prediction from the one before it followed by its measurements, which is exactly how
-        :meth:`update` and the re-filtering made it, so :meth:`restore` recomputes the same floats.
+        measurements (``nodes``: :attr:`_Node.packed` per node). A later node is the prediction from the
+        one before it followed by its measurements (a lock-out fusion with its widening), which is
+        exactly how :meth:`update` and the re-filtering made it, so :meth:`restore` recomputes the same
+        floats.
         Storing every node's covariance instead would cost ``nz²`` values per node: 30 h of 1-min nodes
         of a 13-state twin is 2.7 MB per checkpoint, one per controller step."""
         h = self._history
@@ -319,17 +333,15 @@ class ExtendedKalmanFilter:
         nodes: list[_Node] = []
         while i < len(packed):
             t, u, count = float(packed[i]), np.array(packed[i + 1 : i + 1 + nu]), int(packed[i + 1 + nu])
-            pairs = packed[i + 2 + nu : i + 2 + nu + 2 * count].reshape(count, 2)
-            i += 2 + nu + 2 * count
-            if not nodes:
-                node = _Node(t, np.array(state["z0"]), np.array(state["P0"]), u)
-                node.meas = [(int(k), float(v)) for k, v in pairs]
-            else:
-                prev = nodes[-1]
-                z, P = self._predict(prev.z, prev.P, prev.u, t - prev.t_s)
-                node = _Node(t, z, P, u)
-                for k, v in pairs:
-                    self._apply(node, int(k), float(v), gate=False)
+            i += 2 + nu
+            meas = [(int(k), float(v)) for k, v in packed[i : i + 2 * count].reshape(count, 2)]
+            i += 2 * count
+            n_trusted = int(packed[i])
+            trusted = {int(x) for x in packed[i + 1 : i + 1 + n_trusted]}
+            i += 1 + n_trusted
+            node = _Node(t, np.array(state["z0"]), np.array(state["P0"]), u, meas, trusted)
+            if nodes:
+                self._repropagate(nodes[-1], node)
             nodes.append(node)
         self._history = nodes
         seqs = zip(self.devices, state["last_seq"], strict=True)

@@ -207,3 +207,35 @@ def test_a_restored_estimator_continues_exactly(kind: str, split: int) -> None:
         a, b = first.update(meas, u), second.update(meas, u)
         np.testing.assert_array_equal(b.x, a.x)
         np.testing.assert_array_equal(b.x_std, a.x_std)
+
+
+@pytest.mark.parametrize("split", [20, 28])
+def test_a_restored_ekf_continues_exactly_after_it_trusted_a_locked_out_sensor(split: int) -> None:
+    """The EKF's lock-out rule widens a node's covariance before it fuses the reading it had gated out
+    LOCKOUT_REJECTIONS - 1 times; a restore must redo that widening, or the resumed twin is not the one
+    that was killed. Here the load cell reads 0.3 L high from hour 3 on: gated at hours 3-13, trusted at
+    14. The snapshot is taken at hour 20, or at 28 (after the day-1 assay's re-filtering)."""
+    from twin.checkpoint import restore, snapshot
+    from twin.ekf import LOCKOUT_REJECTIONS
+    from twin.estimator_config import build_estimator
+
+    spec = SC.spec()
+    r = run(SC, 30)
+    log = []
+    for k, (meas, u, _) in enumerate(r.tap.log):
+        if k >= 3 and "V" in meas.values:
+            v = meas.values["V"]
+            assert v.value is not None
+            meas = Measurements(meas.time_s, {**meas.values, "V": replace(v, value=v.value + 0.3)})
+        log.append((meas, u))
+    first = build_estimator(spec, twin_params(spec, SC), SC.estimator, SENSORS)
+    rejected_v = 0
+    for meas, u in log[:split]:
+        rejected_v += "V" in first.update(meas, u).rejected
+    assert rejected_v == LOCKOUT_REJECTIONS - 1  # gated, then trusted (the 12th is fused, not rejected)
+    second = build_estimator(spec, twin_params(spec, SC), SC.estimator, SENSORS)
+    restore(snapshot(first, _NoController()), second, _NoController())
+    for meas, u in log[split:]:
+        a, b = first.update(meas, u), second.update(meas, u)
+        np.testing.assert_array_equal(b.x, a.x)
+        np.testing.assert_array_equal(b.x_std, a.x_std)
