@@ -30,7 +30,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from controllers.config import Objective
+from controllers.config import IPOPT_WARM_START, Objective
 from controllers.interfaces import FloatArray
 from plant_models.errors import ScenarioError
 from plant_models.spec import Bounds, ModelSpec
@@ -239,19 +239,8 @@ class BatchOcp:
         ipopt: dict[str, Any] = {"print_level": 0, "sb": "yes", "max_iter": config.max_iter, "tol": config.tol}
         opts: dict[str, Any] = {"print_time": False, "ipopt": ipopt}
         self._solver = ca.nlpsol("batch_ocp", "ipopt", nlp, opts)
-        # Re-solves from the previous primal-dual solution (the next hour's problem is close to this
-        # one): start with a small barrier and keep the iterate near the previous active set.
-        warm: dict[str, Any] = {
-            **ipopt,
-            "warm_start_init_point": "yes",
-            "warm_start_bound_push": 1e-9,
-            "warm_start_bound_frac": 1e-9,
-            "warm_start_slack_bound_frac": 1e-9,
-            "warm_start_slack_bound_push": 1e-9,
-            "warm_start_mult_bound_push": 1e-9,
-            "mu_init": 1e-6,
-            "max_iter": config.warm_max_iter,
-        }
+        # Re-solves from the previous primal-dual solution (the next hour's problem is close to this one).
+        warm: dict[str, Any] = {**ipopt, **IPOPT_WARM_START, "max_iter": config.warm_max_iter}
         self._warm_solver = ca.nlpsol("batch_ocp_warm", "ipopt", nlp, {**opts, "ipopt": warm})
         self._lam_x = np.zeros(len(lbw))
         self._lam_g = np.zeros(len(lbg))

@@ -15,6 +15,20 @@ from types import MappingProxyType
 from plant_models.errors import ScenarioError
 from plant_models.spec import Bounds, ModelSpec
 
+#: Ipopt started from a previous primal-dual solution (a shifted plan, the last re-plan): start the barrier
+#: small and keep the iterate near the previous active set instead of pushing it into the interior.
+IPOPT_WARM_START: Mapping[str, object] = MappingProxyType(
+    {
+        "warm_start_init_point": "yes",
+        "warm_start_bound_push": 1e-9,
+        "warm_start_bound_frac": 1e-9,
+        "warm_start_slack_bound_frac": 1e-9,
+        "warm_start_slack_bound_push": 1e-9,
+        "warm_start_mult_bound_push": 1e-9,
+        "mu_init": 1e-6,
+    }
+)
+
 SOLVERS = ("ipopt", "sqp-hpipm")
 MODES = ("converged", "rti")
 

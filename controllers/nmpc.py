@@ -20,7 +20,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from controllers.config import MpcConfig
+from controllers.config import IPOPT_WARM_START, MpcConfig
 from controllers.interfaces import ControlStep, FloatArray
 from controllers.live_bounds import set_stage_bounds
 from controllers.sqp import SqpMpc
@@ -98,15 +98,7 @@ class Mpc:
                 "sb": "yes",
                 "max_iter": config.max_iter,
                 "tol": config.tol,
-                # Warm start from the shifted primal-dual solution: start the barrier small and keep
-                # the iterate near the previous active set instead of pushing it into the interior.
-                "warm_start_init_point": "yes",
-                "warm_start_bound_push": 1e-9,
-                "warm_start_bound_frac": 1e-9,
-                "warm_start_slack_bound_frac": 1e-9,
-                "warm_start_slack_bound_push": 1e-9,
-                "warm_start_mult_bound_push": 1e-9,
-                "mu_init": 1e-6,
+                **IPOPT_WARM_START,  # from the shifted primal-dual solution
             },
         }
         if config.budget_s is not None:
