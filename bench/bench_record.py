@@ -12,9 +12,9 @@
   ``bioimp run`` runs it (the plant a ``bioimp plant serve`` process of the same scenario, reached over
   ZeroMQ, virtual clock), recorded to SQLite; the time spent inside the recorder's calls (resume
   checkpoint included) over the loop's total time. Budget: < 10 %. Quick mode runs its first 2 hours.
-* ``test_record_write_share_haldane_loop``: the same measure on the Haldane loop, reported, not
-  budgeted: its whole step is about 2 ms, so the record's fixed cost per step (two commits) weighs
-  several times more there than in any CHO batch.
+* ``test_record_write_share_haldane_loop``: the same measure on the Haldane loop, whose whole step is
+  about 2 ms, so the record's fixed cost per step (two commits) weighs several times more there than in
+  any CHO batch. Budget: < 20 %, a guard on that fixed cost.
 """
 
 from __future__ import annotations
@@ -214,8 +214,9 @@ def test_record_write_share_cho_batch(benchmark: Any, tmp_path: Path, monkeypatc
 
 
 def test_record_write_share_haldane_loop(benchmark: Any, tmp_path: Path, monkeypatch: Any) -> None:
-    """The worst case, reported: the Haldane loop's whole step (RTI NMPC, 150 steps) is about 2 ms, so
-    the record's fixed cost per step (two commits) weighs several times more than in a CHO batch."""
+    """The worst case: the Haldane loop's whole step (RTI NMPC, 150 steps) is about 2 ms, so the record's
+    fixed cost per step (two commits) weighs several times more than in a CHO batch. Its budget (20 %) is
+    a guard on that fixed cost, not the issue's 10 % (which is the CHO batch's)."""
     runs: list[Any] = []
 
     def run() -> None:
@@ -223,4 +224,6 @@ def test_record_write_share_haldane_loop(benchmark: Any, tmp_path: Path, monkeyp
 
     benchmark.group = "record"
     benchmark.pedantic(run, rounds=1 if benchmark.disabled else 3, iterations=1)
-    _report_share(benchmark, "Haldane loop", runs)
+    ratio = _report_share(benchmark, "Haldane loop", runs)
+    if not benchmark.disabled:
+        check("record_write_share_fast_loop", ratio)

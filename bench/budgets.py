@@ -43,6 +43,9 @@ BUDGETS: dict[str, Budget] = {
     "record_write_share_of_loop": Budget(
         0.10, "ratio", "time spent writing the batch record / the closed loop's time, 14-day CHO batch (issue 6)"
     ),
+    "record_write_share_fast_loop": Budget(
+        0.20, "ratio", "record writing / loop time, Haldane loop (~2 ms a step): a guard on the fixed cost per step"
+    ),
     "sweep_speedup_2_workers": Budget(
         1 / 1.7, "ratio", "sweep: time per case with 2 local workers / with 1, steady state (issue 7: >= 1.7x)"
     ),
