@@ -89,6 +89,14 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def count_so_far(db: Path, table: str, where: str = "1") -> int:
+    """Rows of ``table`` matching ``where`` in a record being written (0 while it is being created)."""
+    try:
+        return int(query(db, f"SELECT COUNT(*) FROM {table} WHERE {where}")[0][0])
+    except sqlite3.Error:
+        return 0
+
+
 def event_kinds(db: Path) -> dict[str, int]:
     """How many events of each kind the record holds."""
     return {kind: n for kind, n in query(db, "SELECT kind, COUNT(*) FROM events GROUP BY kind")}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from hil.client import ZmqPlant
 from hil.launch import read_ready_line
-from tests.faults.harness import query
+from tests.faults.harness import count_so_far, query
 from tests.faults.proxy import FaultProxy, LinkFaults
 from tests.hil.gateway.procs import free_port
 from twin.record_verify import verify_record
@@ -158,10 +158,7 @@ def soak_scenario(folder: Path, days: float, sensors_toml: str, name: str = "soa
 
 def _steps_recorded(db: Path) -> int:
     """Steps with a controller decision in the record so far (0 while it is being created)."""
-    try:
-        return int(query(db, "SELECT COUNT(*) FROM controls")[0][0])
-    except Exception:
-        return 0
+    return count_so_far(db, "controls")
 
 
 def _resources(pid: int) -> tuple[float, int]:

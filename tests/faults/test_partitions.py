@@ -26,6 +26,7 @@ from tests.faults.harness import (
     WALL_PERIOD_S,
     bioimp_run,
     check_plant_log_against_record,
+    count_so_far,
     event_kinds,
     finish,
     haldane_scenario,
@@ -44,12 +45,7 @@ LATENCY_SAMPLES = 20
 
 
 def _applied_count(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        return len(query(db, "SELECT rec FROM setpoints WHERE state = 'applied'"))
-    except Exception:
-        return 0  # being created
+    return count_so_far(db, "setpoints", "state = 'applied'")
 
 
 @pytest.mark.timeout(120)

@@ -25,6 +25,7 @@ from hil.plant_log import read_plant_log
 from tests.faults.harness import (
     WALL_PERIOD_S,
     bioimp_run,
+    count_so_far,
     event_kinds,
     finish,
     haldane_scenario,
@@ -43,10 +44,7 @@ DOWN_S = 4 * WALL_PERIOD_S  # each outage: about four periods without a plant
 
 
 def _applied(db: Path) -> int:
-    try:
-        return len(query(db, "SELECT rec FROM setpoints WHERE state = 'applied'"))
-    except Exception:
-        return 0  # not created yet
+    return count_so_far(db, "setpoints", "state = 'applied'")
 
 
 @pytest.mark.timeout(120)
