@@ -22,10 +22,6 @@ from pathlib import Path
 
 import casadi as ca
 
-# Bump when the compile recipe changes, so old objects are not reused for a different recipe.
-_RECIPE = "gcc-O2-fPIC-shared-v1"
-_FLAGS = ("-O2", "-fPIC", "-shared")
-
 
 @dataclass(frozen=True)
 class Compiled:
@@ -52,6 +48,43 @@ def find_compiler() -> str | None:
     return None
 
 
+def _shared_object(
+    name: str, source: str, cache_dir: str | Path | None, compiler: str | None, flags: tuple[str, ...]
+) -> tuple[Path | None, bool, str]:
+    """Compile C ``source`` to ``<cache>/<name>_<hash>.so`` unless it is already there.
+
+    Returns:
+        The object's path (None if it could not be made), whether it was reused, and a note saying which.
+    """
+    cc = compiler or find_compiler()
+    if cc is None or shutil.which(cc) is None:
+        return None, False, "no C compiler found: interpreted"
+    recipe = f"gcc{' '.join(flags)}-v1"
+    key = hashlib.sha256(f"{recipe}\n{cc}\n{ca.CasadiMeta.version()}\n{source}".encode()).hexdigest()[:20]
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = directory / f"{name}_{key}.so"
+    if target.exists():
+        return target, True, "reused"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Compile in a private temporary directory, then rename into place: a concurrent build of
+        # the same problem either finds the finished object or replaces it atomically.
+        with tempfile.TemporaryDirectory(dir=directory) as tmp:
+            c_file = Path(tmp) / f"{name}.c"
+            c_file.write_text(source)
+            so_file = Path(tmp) / target.name
+            subprocess.run(
+                [cc, *flags, "-fPIC", "-shared", str(c_file), "-o", str(so_file), "-lm"],
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+            os.replace(so_file, target)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, False, f"compiling failed ({type(exc).__name__}): interpreted"
+    return target, False, "compiled"
+
+
 def compile_function(
     fn: ca.Function, cache_dir: str | Path | None = None, compiler: str | None = None
 ) -> Compiled:
@@ -65,33 +98,25 @@ def compile_function(
     Returns:
         The compiled function, or ``fn`` itself with ``compiled=False`` and the reason in ``note``.
     """
-    cc = compiler or find_compiler()
-    if cc is None or shutil.which(cc) is None:
-        return Compiled(fn, False, None, False, "no C compiler found: interpreted")
     gen = ca.CodeGenerator(f"{fn.name()}.c")
     gen.add(fn)
-    source = gen.dump()
-    key = hashlib.sha256(f"{_RECIPE}\n{cc}\n{ca.CasadiMeta.version()}\n{source}".encode()).hexdigest()[:20]
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = directory / f"{fn.name()}_{key}.so"
-    reused = target.exists()
-    if not reused:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            # Compile in a private temporary directory, then rename into place: a concurrent build of
-            # the same problem either finds the finished object or replaces it atomically.
-            with tempfile.TemporaryDirectory(dir=directory) as tmp:
-                c_file = Path(tmp) / f"{fn.name()}.c"
-                c_file.write_text(source)
-                so_file = Path(tmp) / target.name
-                subprocess.run(
-                    [cc, *_FLAGS, str(c_file), "-o", str(so_file), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    timeout=300,
-                )
-                os.replace(so_file, target)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return Compiled(fn, False, None, False, f"compiling failed ({type(exc).__name__}): interpreted")
-    loaded = ca.external(fn.name(), str(target))
-    return Compiled(loaded, True, target, reused, "reused" if reused else "compiled")
+    path, reused, note = _shared_object(fn.name(), gen.dump(), cache_dir, compiler, ("-O2",))
+    if path is None:
+        return Compiled(fn, False, None, False, note)
+    return Compiled(ca.external(fn.name(), str(path)), True, path, reused, note)
+
+
+def compile_nlp(
+    solver: ca.Function, cache_dir: str | Path | None = None, compiler: str | None = None
+) -> tuple[Path | None, str]:
+    """The NLP functions of an ``nlpsol`` (its problem and every derivative Ipopt calls) as one shared
+    object, for ``nlpsol(name, plugin, path, opts)``; None and the reason where it cannot be compiled.
+
+    ``-O1``: an NLP's Hessian is megabytes of C, which ``-O2`` takes minutes to compile for little gain.
+    """
+    gen = ca.CodeGenerator(f"{solver.name()}_nlp.c")
+    gen.add(solver.oracle())
+    for name in solver.get_function():
+        gen.add(solver.get_function(name))
+    path, _, note = _shared_object(f"{solver.name()}_nlp", gen.dump(), cache_dir, compiler, ("-O1",))
+    return path, note

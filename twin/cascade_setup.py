@@ -11,6 +11,7 @@ slow_period_s = 3600.0          # the planner runs every this many seconds (a mu
 replan_s = 3600.0               # the NMPC re-solves the remaining batch this often
 intervals = 14                  # piecewise-constant intervals over the remaining batch
 substeps = 12                   # RK4 sub-steps per interval
+compiled = false                # true: the planner's NLP compiled to C once (cached), re-solves ~4x faster
 setpoint = "T"                  # planner input that is the fast loop's setpoint
 measured = "T"                  # plant state the PID measures
 heater = "P_heater"             # plant input the PID drives
@@ -91,6 +92,7 @@ class CascadeSection:
     cost_scale: float = 1e-3
     max_iter: int = 500
     volume_max: float | None = None
+    compiled: bool = False
 
     def spec(self) -> ModelSpec:
         """The planner's model."""
@@ -107,6 +109,7 @@ class CascadeSection:
             penalty=self.penalty,
             cost_scale=self.cost_scale,
             max_iter=self.max_iter,
+            compiled=self.compiled,
         )
 
 
@@ -194,6 +197,7 @@ def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSe
         cost_scale=table.number("cost_scale", 1e-3, positive=True),
         max_iter=table.integer("max_iter", 500, minimum=1),
         volume_max=table.number("volume_max", None, positive=True),
+        compiled=table.boolean("compiled", False),
     )
     bolus_t.finish()
     table.finish()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 import pytest
 
 from controllers.batch_ocp import BatchOcp, BatchOcpConfig
+from controllers.codegen import compile_nlp
 from controllers.config import Objective
 from plant_models.errors import ScenarioError
 from plant_models.fedbatch_haldane import fedbatch_haldane
@@ -83,3 +86,27 @@ def test_unknown_signal_is_a_one_line_error(name: str) -> None:
     config = BatchOcpConfig(intervals=2, objective=Objective(terminal=MappingProxyType({name: -1.0})))
     with pytest.raises(ScenarioError, match=r"^objective\.terminal\..*has no signal"):
         BatchOcp(fedbatch_haldane(), config)
+
+
+def test_compiled_problem_gives_the_interpreted_solution(tmp_path: Path) -> None:
+    spec = fedbatch_haldane()
+    config = _haldane().config
+    x0 = np.array(spec.vector("states", X0))
+    p = np.array(spec.vector("params", spec.nominal_params))
+    interpreted = BatchOcp(spec, config).solve(x0, p, 150.0)
+    compiled_ocp = BatchOcp(spec, replace(config, compiled=True, cache_dir=str(tmp_path)))
+    assert compiled_ocp.compile_note == "compiled"
+    assert len(list(tmp_path.glob("batch_ocp_nlp_*.so"))) == 1
+    compiled = compiled_ocp.solve(x0, p, 150.0)
+    assert compiled.status == interpreted.status == "ok"
+    assert compiled.iterations == interpreted.iterations
+    np.testing.assert_allclose(compiled.u, interpreted.u, rtol=1e-8, atol=1e-10)
+    # A second build of the same problem loads the cached object instead of compiling again.
+    assert BatchOcp(spec, replace(config, compiled=True, cache_dir=str(tmp_path))).compile_note == "reused"
+
+
+def test_without_a_compiler_the_problem_stays_interpreted(tmp_path: Path) -> None:
+    ocp = _haldane()
+    path, note = compile_nlp(ocp._solver, tmp_path, compiler="no-such-cc")
+    assert path is None and note == "no C compiler found: interpreted"
+    assert not any(tmp_path.iterdir())
