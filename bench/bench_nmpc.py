@@ -7,11 +7,15 @@ in order, so each sees a realistic warm start. Ours is measured in three configu
   HPIPM, real-time iteration, compiled derivatives). The issue's budgets apply to this one.
 * ``nmpc-sqp``: the same SQP iterated to convergence (``mode = "converged"``), compiled.
 * ``nmpc-ipopt``: Ipopt on the same multiple-shooting NLP, warm-started.
+
+The robust multi-stage step (3 x 3 scenarios) is compared with do-mpc's ``n_robust = 1``, the two
+interleaved in one benchmark (see :func:`test_robust_nmpc_step`).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -89,33 +93,43 @@ def test_nmpc_step(benchmark: Any, which: str) -> None:
 
 
 UNCERTAINTY = {"Y_x": [0.5, 0.4, 0.3], "S_in": [200.0, 220.0, 180.0]}  # do-mpc's batch_reactor example
-_ROBUST_MEDIANS: dict[str, float] = {}
+# do-mpc's robust step takes about 0.4 s, ours under 10 ms: one do-mpc step per this many of ours.
+DOMPC_ROBUST_EVERY = 3
 
 
-# do-mpc first: ours is compared against it. do-mpc's robust step takes about 0.4 s: fewer rounds.
-@pytest.mark.parametrize("which", ["do-mpc-robust", "nmpc-robust"])
-def test_robust_nmpc_step(benchmark: Any, which: str) -> None:
-    """Robust multi-stage NMPC, 3 x 3 scenarios, robust horizon 1: ours (RTI, compiled) vs do-mpc."""
+def test_robust_nmpc_step(benchmark: Any) -> None:
+    """Robust multi-stage NMPC, 3 x 3 scenarios, robust horizon 1: ours (RTI, compiled) vs do-mpc.
+
+    The two are timed interleaved, not in two passes: before every third of our steps (untimed by the
+    benchmark, timed here) do-mpc takes its next step, so both are sampled over the same minute of a
+    machine whose speed drifts by tens of per cent over tens of seconds. Each steps through the same
+    states in order (do-mpc every third one), so each sees a realistic warm start.
+    """
     spec = fedbatch_haldane()
     p = np.array(spec.vector("params", spec.nominal_params))
-    controller: Controller
-    if which == "do-mpc-robust":
-        controller = DoMpcController(spec, dompc_example_config(), p, uncertainty=UNCERTAINTY, n_robust=1)
-        rounds = 40
-    else:
-        cfg = replace(load_scenario().controller.mpc, solver="sqp-hpipm", mode="rti", compiled=True)
-        controller = RobustSqpMpc(spec, cfg, UNCERTAINTY, n_robust=1)
-        rounds = 150
+    ref = DoMpcController(spec, dompc_example_config(), p, uncertainty=UNCERTAINTY, n_robust=1)
+    cfg = replace(load_scenario().controller.mpc, solver="sqp-hpipm", mode="rti", compiled=True)
+    ours = RobustSqpMpc(spec, cfg, UNCERTAINTY, n_robust=1)
+    ref_step, calls, ref_s = _stepper(ref), itertools.count(), []
+
+    def ref_between() -> None:
+        call = next(calls)
+        if call % DOMPC_ROBUST_EVERY == 0:
+            start = time.perf_counter()
+            ref_step()
+            if call > 0:  # the first (the warm-up round's) is do-mpc's cold start
+                ref_s.append(time.perf_counter() - start)
+
     benchmark.group = "robust_nmpc_step"
-    benchmark.pedantic(_stepper(controller), rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(_stepper(ours), setup=ref_between, rounds=150, iterations=1, warmup_rounds=1)
     if benchmark.disabled:
         return
     figures = percentiles_ms(benchmark)
-    _ROBUST_MEDIANS[which] = figures["p50_ms"]
-    if which == "nmpc-robust":
-        if "do-mpc-robust" not in _ROBUST_MEDIANS:
-            pytest.fail("the do-mpc robust reference was not measured in this run: run both parametrisations")
-        ratio = _ROBUST_MEDIANS["nmpc-robust"] / _ROBUST_MEDIANS["do-mpc-robust"]
-        benchmark.extra_info["ratio_vs_dompc_p50"] = ratio
-        benchmark.extra_info["dompc_p50_ms"] = _ROBUST_MEDIANS["do-mpc-robust"]
-        check("nmpc_robust_step_p50_ratio_vs_dompc", ratio)
+    ref_ms = np.asarray(ref_s) * 1e3
+    ref_p50 = float(np.percentile(ref_ms, 50))
+    ratio = figures["p50_ms"] / ref_p50
+    benchmark.extra_info.update({
+        "ratio_vs_dompc_p50": ratio, "dompc_p50_ms": ref_p50, "dompc_p99_ms": float(np.percentile(ref_ms, 99)),
+        "dompc_rounds": float(len(ref_ms)),
+    })
+    check("nmpc_robust_step_p50_ratio_vs_dompc", ratio)
