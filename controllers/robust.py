@@ -48,14 +48,17 @@ from plant_models.spec import ModelSpec
 
 IntArray = np.ndarray
 
-# HPIPM settings for a tree (more than one scenario), on top of StagewiseQp's. Complementarity to 1e-10:
-# the tree has nearly flat directions (curvature HESSIAN_MARGIN) along which a state near its bound can
-# slide; at 1e-8 the QP's step along them is arbitrary to about 1e-2, and converged SQP was measured to
-# cycle there (200 iterations). 1e-10 is out of reach with HPIPM's floors on slacks and multipliers
-# (1e-16: CasADi replaces infinite bounds by +-1e8, and those bounds' products with the floor stall the
-# mean complementarity near 1e-8, so HPIPM ran to iter_max): the floors are lowered. With one scenario
-# the chain is the nominal problem and keeps the nominal settings (the same answer to 1e-10).
-TREE_QP_OPTIONS: dict[str, float] = {"res_m_max": 1e-10, "lam_min": 1e-30, "t_min": 1e-30}
+# HPIPM settings for a tree (more than one scenario), on top of StagewiseQp's. The tree has nearly flat
+# directions (curvature HESSIAN_MARGIN) along which a state near its bound can slide; with the mean
+# complementarity at 1e-8 the QP's step along them is arbitrary to about 1e-2, and converged SQP (whose
+# test is a step below 1e-8) was measured to cycle there to max_iter: 3 of 60 closed-loop steps. Tighter
+# complementarity needs HPIPM's floors on slacks and multipliers lowered (at 1e-16, CasADi's stand-in
+# +-1e8 for infinite bounds stalls the mean near 1e-8 and HPIPM runs to iter_max). Iterating to
+# convergence takes 1e-12 (0 of 60 steps cycled); a real-time iteration, one QP from a nearly optimal
+# plan, 1e-10 (1e-12 failed 6 of 150 RTI QPs). With one scenario the chain is the nominal problem and
+# keeps the nominal settings (the same answer to 1e-10).
+TREE_QP_FLOORS: dict[str, float] = {"lam_min": 1e-30, "t_min": 1e-30}
+TREE_QP_COMPLEMENTARITY = {"converged": 1e-12, "rti": 1e-10}
 
 
 @dataclass
@@ -322,13 +325,14 @@ class RobustSqpMpc:
         tol = 1e-8  # as StagewiseQp: absolute tolerances
         options: dict[str, Any] = {"mode": "speed_abs", "iter_max": 100, "res_g_max": tol,
                                    "res_b_max": tol, "res_d_max": tol, "res_m_max": tol}
-        if s_count > 1:
-            options.update(TREE_QP_OPTIONS)
-        self._conic = ca.conic(
-            "bioimp_robust_hpipm", "hpipm", {"h": h_sp, "a": a_sp},
-            {"N": s_count * n, "nx": self._cnx, "nu": self._cnu, "ng": [0] * (s_count * n + 1),
-             "error_on_fail": False, "hpipm": options},
-        )
+        self._conic: dict[str, ca.Function] = {}
+        for mode, res_m in TREE_QP_COMPLEMENTARITY.items():
+            tree = {**TREE_QP_FLOORS, "res_m_max": res_m} if s_count > 1 else {}
+            self._conic[mode] = ca.conic(
+                f"bioimp_robust_hpipm_{mode}", "hpipm", {"h": h_sp, "a": a_sp},
+                {"N": s_count * n, "nx": self._cnx, "nu": self._cnu, "ng": [0] * (s_count * n + 1),
+                 "error_on_fail": False, "hpipm": {**options, **tree}},
+            )
         self._h_sp = h_sp
         nwc = self._nwc
         h, a = ca.SX.sym("h", h_sp), ca.SX.sym("a", a_sp)
@@ -406,8 +410,9 @@ class RobustSqpMpc:
             self._lbc - w_chain, self._ubc - w_chain,
         )
 
-    def _feedback(self, prep: _ChainQp, x: FloatArray) -> tuple[FloatArray, FloatArray, bool]:
-        """Pin ``z_0 = [x; u_prev]`` and solve: the new iterate's step, multipliers, success."""
+    def _feedback(self, prep: _ChainQp, x: FloatArray, rti: bool) -> tuple[FloatArray, FloatArray, bool]:
+        """Pin ``z_0 = [x; u_prev]`` and solve (a real-time iteration's QP or one of a converging SQP):
+        the new iterate's step, multipliers, success."""
         nz = self._nz
         dz0 = np.concatenate([x, self._u_prev]) - prep.w[:nz]
         lbd, ubd = prep.lbd.copy(), prep.ubd.copy()
@@ -415,7 +420,8 @@ class RobustSqpMpc:
         b = prep.b.copy()
         b[self._junction_rows] -= (prep.j_z0 @ dz0).ravel()
         b_dm, lbd_dm, ubd_dm = ca.DM(b), ca.DM(lbd), ca.DM(ubd)  # converted once, used twice
-        res = self._conic(h=prep.h, g=prep.grad, a=prep.a, lba=b_dm, uba=b_dm, lbx=lbd_dm, ubx=ubd_dm)
+        qp = self._conic["rti" if rti else "converged"]
+        res = qp(h=prep.h, g=prep.grad, a=prep.a, lba=b_dm, uba=b_dm, lbx=lbd_dm, ubx=ubd_dm)
         out = np.asarray(
             self._post(prep.h, prep.a, res["x"], res["lam_x"], prep.grad, b_dm, lbd_dm, ubd_dm), dtype=float
         ).ravel()
@@ -448,7 +454,7 @@ class RobustSqpMpc:
             if prep is None or prep.w is not w or not np.array_equal(prep.p, params):
                 prep = self.prepare(w, lam, params)
             self._prepared = None
-            d, lam_new, ok = self._feedback(prep, x)
+            d, lam_new, ok = self._feedback(prep, x, rti)
             iterations += 1
             self._iter_s = time.perf_counter() - t_iter
             if not ok:
