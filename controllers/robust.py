@@ -21,8 +21,8 @@ nominal size, linked by one carried copy ``c`` of the shared input ``u_0``:
 Everything else (the iterate, bounds, warm start, the multipliers the SQP keeps) stays in the stacked
 per-stage order ``[z_0, u_0, Z_1, U_1, .., Z_N]`` with ``Z_k = [z_k^1 .. z_k^S]``; only the QP is
 gathered into chain order and its solution scattered back. The chain QP has the same solution as the
-stacked one; its Riccati recursion costs S times one scenario's (measured: about 4x less per
-interior-point iteration than the stacked 45-state stages, the whole RTI step about 2x faster).
+stacked one; its Riccati recursion costs S times one scenario's (measured: about 0.25 ms per
+interior-point iteration instead of 1.2 ms with 45-state stages, the whole RTI step 2.4-2.55x faster).
 Hessians are eigen-clipped per scenario block, as in :mod:`controllers.sqp`.
 Converged and real-time-iteration modes, budget and fallbacks as there.
 """
