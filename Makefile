@@ -25,7 +25,7 @@ $(CHROMIUM):
 
 # Each run is a new batch with its own record (a batch record is never overwritten): a directory per run.
 run: setup
-	$(BIN)/bioimp run --out runs/fedbatch_haldane-$$(date -u +%Y%m%dT%H%M%SZ)
+	$(BIN)/bioimp run --out runs/cho_fedbatch-$$(date -u +%Y%m%dT%H%M%SZ)
 
 # The full 14-day comparison on the default CHO scenario (several minutes; docs/results.md): the same
 # plant (seed 7) under the NMPC, the best daily bolus, the open-loop optimum and the oracle.

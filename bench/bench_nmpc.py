@@ -32,7 +32,7 @@ from controllers.interfaces import Controller
 from controllers.nmpc import build_mpc
 from controllers.robust import RobustSqpMpc
 from plant_models.fedbatch_haldane import fedbatch_haldane
-from twin.scenario import load_scenario
+from twin.scenario import HALDANE_SCENARIO, load_scenario
 
 DATA = Path(__file__).parents[1] / "tests" / "data"
 _MEDIANS: dict[str, float] = {}
@@ -52,7 +52,7 @@ def _stepper(controller: Controller) -> Callable[[], None]:
 
 
 def _config(which: str) -> MpcConfig:
-    default = load_scenario().controller.mpc
+    default = load_scenario(HALDANE_SCENARIO).controller.mpc
     if which == "nmpc-default":
         return default
     if which == "nmpc-sqp":
@@ -108,7 +108,7 @@ def test_robust_nmpc_step(benchmark: Any) -> None:
     spec = fedbatch_haldane()
     p = np.array(spec.vector("params", spec.nominal_params))
     ref = DoMpcController(spec, dompc_example_config(), p, uncertainty=UNCERTAINTY, n_robust=1)
-    cfg = replace(load_scenario().controller.mpc, solver="sqp-hpipm", mode="rti", compiled=True)
+    cfg = replace(load_scenario(HALDANE_SCENARIO).controller.mpc, solver="sqp-hpipm", mode="rti", compiled=True)
     ours = RobustSqpMpc(spec, cfg, UNCERTAINTY, n_robust=1)
     ref_step, calls, ref_s = _stepper(ref), itertools.count(), []
 

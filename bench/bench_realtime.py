@@ -21,14 +21,14 @@ from twin.estimation import MeasuredStateEstimator
 from twin.loop import LoopResult, run_loop
 from twin.record import MemoryRecord
 from twin.runner import twin_params
-from twin.scenario import load_scenario
+from twin.scenario import HALDANE_SCENARIO, load_scenario
 
 PERIOD_S = 0.05
 PERIODS = 60
 
 
 def test_realtime_loop_jitter_and_misses(benchmark: Any) -> None:
-    scenario = load_scenario(None)
+    scenario = load_scenario(HALDANE_SCENARIO)
     spec = scenario.spec()
     p = twin_params(spec, scenario)
     controller = build_mpc(spec, scenario.controller.mpc)

@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a closed-loop batch against a simulated plant over ZeroMQ")
-    run.add_argument("scenario", nargs="?", help="scenario TOML (default: the built-in fed-batch)")
+    run.add_argument(
+        "scenario", nargs="?", help="scenario TOML (default: twin/scenarios/cho_fedbatch.toml, 14-day CHO fed-batch)"
+    )
     run.add_argument("--out", help="run directory (default: runs/<scenario name>)")
     run.add_argument("--plant", metavar="ENDPOINT", help="connect to this plant server instead of starting one")
     run.add_argument(

@@ -34,7 +34,7 @@ from twin.simulator import SimulatorConfig
 HALDANE_SCENARIO = Path(__file__).parent / "scenarios" / "fedbatch_haldane.toml"
 #: CHO fed-batch with heater, 14 days, mismatch, EKF, two-level control (docs/results.md).
 CHO_SCENARIO = Path(__file__).parent / "scenarios" / "cho_fedbatch.toml"
-DEFAULT_SCENARIO = HALDANE_SCENARIO
+DEFAULT_SCENARIO = CHO_SCENARIO
 _REQUIRED = object()
 
 
@@ -329,7 +329,7 @@ def parse_scenario(text: str, origin: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path | None = None) -> Scenario:
-    """Load and validate a scenario file (the built-in fed-batch scenario when ``path`` is None).
+    """Load and validate a scenario file (the default CHO fed-batch scenario when ``path`` is None).
 
     Raises:
         ScenarioError: the file cannot be read or is invalid.

@@ -256,7 +256,8 @@ def test_a_record_is_never_overwritten(recorded: tuple[Path, WatchingPlant]) -> 
     with pytest.raises(RecordError, match="already holds a batch record"):
         BatchRecord.create(recorded[0] / RECORD_FILE, meta(), RecordConfig())
     done = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", "--out", str(recorded[0])], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "hil.cli", "run", str(HALDANE_SCENARIO), "--out", str(recorded[0])],
+        capture_output=True, text=True, check=False,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "already holds a batch record" in done.stderr
@@ -395,7 +396,8 @@ def test_run_into_a_folder_holding_a_non_record_file_is_one_line_and_changes_not
     (tmp_path / "record.sqlite").write_bytes(b"not a database, but someone's file" * 100)
     before = (tmp_path / "record.sqlite").read_bytes()
     done = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hil.cli", "run", str(HALDANE_SCENARIO), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.startswith("bioimp: error: ") and "not a batch record" in done.stderr

@@ -22,8 +22,8 @@ def bioimp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[s
     )
 
 
-def test_default_run_matches_dompc_and_writes_the_run_directory(tmp_path: Path) -> None:
-    done = bioimp("run", "--out", str(tmp_path / "run"))
+def test_haldane_run_matches_dompc_and_writes_the_run_directory(tmp_path: Path) -> None:
+    done = bioimp("run", str(HALDANE_SCENARIO), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert "objective" in done.stdout and "step ms" in done.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -8,15 +8,22 @@ from pathlib import Path
 import pytest
 
 from plant_models import ScenarioError
-from twin.scenario import HALDANE_SCENARIO, load_scenario, parse_scenario
+from twin.scenario import CHO_SCENARIO, HALDANE_SCENARIO, load_scenario, parse_scenario
 
 REPO = Path(__file__).parents[2]
 BASE = HALDANE_SCENARIO.read_text()
 
 
-def test_shipped_scenario_is_the_builtin_one() -> None:
-    assert (REPO / "scenarios" / "fedbatch_haldane.toml").read_text() == BASE
+def test_default_scenario_is_the_cho_fed_batch() -> None:
     sc = load_scenario()
+    assert sc.source == CHO_SCENARIO.read_text()
+    assert sc.model == "cho_fedbatch_thermal" and sc.cascade is not None
+    assert sc.loop.steps * sc.loop.period_s == 14 * 86400.0
+
+
+def test_shipped_haldane_scenario_is_the_builtin_one() -> None:
+    assert (REPO / "scenarios" / "fedbatch_haldane.toml").read_text() == BASE
+    sc = load_scenario(HALDANE_SCENARIO)
     assert sc.model == "fedbatch_haldane"
     assert sc.loop.steps == 150 and sc.loop.period_s == 3600.0
     mpc = sc.controller.mpc

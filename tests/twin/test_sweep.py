@@ -28,7 +28,7 @@ import pytest
 from hil.cli import main
 from hil.sweep_cli import in_process
 from plant_models.errors import ScenarioError
-from twin.scenario import DEFAULT_SCENARIO, parse_scenario
+from twin.scenario import HALDANE_SCENARIO, parse_scenario
 from twin.sweep.cases import Case, expand_cases
 from twin.sweep.config import SweepConfig, parse_sweep
 from twin.sweep.execute import LocalPoolRunner
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # 3 settings x 2 horizons x 4 plants = 24 cases; plants differ in parameters and initial state.
 SWEEP = f"""
-scenario = "{DEFAULT_SCENARIO}"
+scenario = "{HALDANE_SCENARIO}"
 seed = 11
 plants = 4
 [override]

@@ -13,6 +13,7 @@ import pytest
 
 from hil.cli import main
 from plant_models.registry import resolve_model
+from twin.scenario import HALDANE_SCENARIO
 
 SPEC = """\
 model = "fedbatch_haldane"
@@ -31,7 +32,8 @@ P_s = { rel_sigma = 0.01, sigma = 0.01 }
 def test_fit_of_a_bioimp_run_record_returns_the_plant_parameters(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "h1"
     done = subprocess.run(
-        [sys.executable, "-m", "hil.cli", "run", "--out", str(run)], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "hil.cli", "run", str(HALDANE_SCENARIO), "--out", str(run)],
+        capture_output=True, text=True, timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
