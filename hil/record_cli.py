@@ -127,16 +127,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             if scenario.plant.sensors is not None:
                 # Instruments, not states: draw estimate, assays and (our own plant only) the replayed truth.
                 from twin.batch_figure import replay_truth, write_batch_figure
+                from twin.harvest import harvest_kpis
+                from twin.outputs import write_summary
 
                 truth = replay_truth(scenario, result.record) if args.plant is None else None
                 write_batch_figure(out / "batch.png", scenario, result.record, truth)
                 print(f"figure    {out}/batch.png")
+                harvest = harvest_kpis(scenario, result.record, None if truth is None else truth[1])
+                if harvest:
+                    result.summary.update(harvest)
+                    write_summary(out / "summary.json", result.summary)
     summary = result.summary
     ctrl, name, record = summary["controller"], summary["scenario"], summary["record"]
     assert isinstance(ctrl, dict) and isinstance(name, dict) and isinstance(record, dict)
     print(f"scenario  {name['name']} ({summary['steps']} steps, controller {ctrl['name']})")
     print("final     " + json.dumps(summary["final_states"]))
     print(f"objective {summary['objective']:.6g}")
+    for signal, h in dict(summary.get("harvest", {})).items():  # type: ignore[call-overload]
+        true = "" if h["true"] is None else f"true {h['true']:.1f}, "
+        print(f"harvest   {signal}: {true}twin estimate {h['estimate']:.1f} ± {h['estimate_2sigma']:.1f} (2σ)")
     ms = ctrl["step_ms"]
     print(f"step ms   p50 {ms['p50']:.2f}  p90 {ms['p90']:.2f}  p99 {ms['p99']:.2f}  max {ms['max']:.2f}")
     print(

@@ -48,6 +48,12 @@ def test_run_over_zeromq_holds_the_constraints_and_draws_the_batch(tmp_path: Pat
     # Measured volume and temperature within [bounds] (V <= 1.5 L, 30-38 °C) at every period.
     assert summary["constraint_violation_max"] == 0.0
     assert (out / "batch.png").stat().st_size > 10_000
+    # The harvest as the twin estimates it and as the replayed plant truly had it (issue 4's 10 % bound).
+    harvest = summary["harvest"]["mAb*V"]
+    assert harvest["true"] > 0.0 and harvest["estimate_2sigma"] > 0.0
+    assert harvest["estimate"] == pytest.approx(harvest["true"], rel=0.10)
+    assert summary["true_max"]["V"] <= 1.5 and summary["true_max"]["Lac"] <= 40.0
+    assert f"harvest   mAb*V: true {harvest['true']:.1f}, twin estimate" in done.stdout
     with (out / "trajectory.csv").open() as f:
         rows = [r for r in csv.reader(line for line in f if not line.startswith("#"))]
     header, body = rows[0], rows[1:-1]
