@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-full lint bench compare clean test-kill-long test-fit-coverage soak
+.PHONY: setup run test lint bench compare clean test-kill-long test-fit-coverage soak
 
 # (Re)install whenever pyproject.toml changes. Only python3 with venv is assumed on the machine.
 $(STAMP): pyproject.toml
@@ -39,11 +39,7 @@ lint: setup
 
 # Tests and benchmarks in quick mode: every benchmark runs once as a test, budgets are not asserted.
 test: lint $(CHROMIUM)
-	$(BIN)/pytest -q --benchmark-disable -m "not full" tests bench
-
-# The slow acceptance tests (marked `full`: the 14-day CHO comparison, about 4 minutes).
-test-full: setup
-	$(BIN)/pytest -q -m full tests
+	$(BIN)/pytest -q --benchmark-disable tests bench
 
 # Full benchmarks: repeated rounds, budgets asserted, JSON report in bench/report.json.
 bench: setup  # the table is printed even when a budget fails; the exit status is pytest's

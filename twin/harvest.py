@@ -49,8 +49,8 @@ def harvest_kpis(scenario: Scenario, record: MemoryRecord, truth: FloatArray | N
         truth: the plant's true states per step (:func:`twin.batch_figure.replay_truth`), or None.
 
     Returns:
-        ``{"harvest": {name: {"estimate", "estimate_2sigma", "true"}}, "true_max": {state: max}}``; the
-        true values only with ``truth``.
+        ``{"harvest": {name: {"estimate", "estimate_2sigma", "true"}}, "true_min": {state: min},
+        "true_max": {state: max}}``; the true values only with ``truth``.
     """
     if scenario.cascade is None or not record.estimates:
         return {}
@@ -67,5 +67,6 @@ def harvest_kpis(scenario: Scenario, record: MemoryRecord, truth: FloatArray | N
         }
     out: dict[str, object] = {"harvest": harvest}
     if truth is not None:
+        out["true_min"] = {name: float(truth[:, i].min()) for i, name in enumerate(states)}
         out["true_max"] = {name: float(truth[:, i].max()) for i, name in enumerate(states)}
     return out
