@@ -9,13 +9,20 @@ from pathlib import Path
 from bench.budgets import BUDGETS
 
 
+def _figure(value: object) -> str:
+    """A number to 4 significant digits; a list (per-round figures) as its numbers."""
+    if isinstance(value, list):
+        return "[" + " ".join(_figure(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+
 def main(path: str = "bench/report.json") -> int:
     """Print one line per benchmark: median, p99, and the budgeted figure with its limit."""
     report = json.loads(Path(path).read_text())
     print(f"{'benchmark':40s} {'p50 ms':>9s} {'p99 ms':>9s}  extra")
     for bench in report["benchmarks"]:
         info = bench.get("extra_info", {})
-        extras = ", ".join(f"{k}={v:.4g}" for k, v in info.items() if k not in ("p50_ms", "p99_ms"))
+        extras = ", ".join(f"{k}={_figure(v)}" for k, v in info.items() if k not in ("p50_ms", "p99_ms"))
         print(f"{bench['fullname'].split('::')[-1]:40s} {info.get('p50_ms', float('nan')):9.3f} "
               f"{info.get('p99_ms', float('nan')):9.3f}  {extras}")
     print("\nbudgets:")

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from twin.batch_figure import replay_truth
+from twin.batch_record import RECORD_FILE
 from twin.compare import VIOLATION_RTOL, compare
+from twin.record_read import load_history, open_readonly
 from twin.scenario import CHO_SCENARIO, load_scenario
 
 
@@ -41,6 +44,25 @@ def test_default_cho_batch_over_zeromq_beats_the_bolus_and_reaches_95_percent_of
         assert summary["true_min"][name] >= lo - VIOLATION_RTOL * max(1.0, abs(lo)), name
         assert summary["true_max"][name] <= hi + VIOLATION_RTOL * max(1.0, abs(hi)), name
     assert (lo, hi) == (0.0, 8.0) and hard["Lac"] == (0.0, 40.0) and hard["V"] == (0.0, 1.5)
+    # The twin of that batch, from its record: viable cells and titer within 10 % of the true plant at
+    # every step once the second assay is known (issue 4, section 3).
+    with open_readonly(tmp_path / "run" / RECORD_FILE) as conn:
+        history = load_history(conn)
+    t_true, x_true = replay_truth(scenario, history)
+    truth_at = {round(t): x for t, x in zip(t_true, x_true, strict=True)}
+    sensors = scenario.plant.sensors
+    assert sensors is not None
+    second_assay_known_s = sensors.assay_first_s + sensors.assay_period_s + sensors.assay_delay_s
+    states = scenario.spec().states
+    checked = 0
+    for _, est in history.estimates:
+        if est.t_s >= second_assay_known_s:
+            true = truth_at[round(est.t_s)]
+            for name in ("Xv", "mAb"):
+                i = states.index(name)
+                assert abs(est.x[i] / true[i] - 1.0) <= 0.10, (name, est.t_s)
+            checked += 1
+    assert checked >= scenario.loop.steps - 26 - 1
 
     scores = {s.controller: s for s in compare(scenario, ("bolus", "oracle"))}
     bolus, oracle = scores["bolus"], scores["oracle"]
