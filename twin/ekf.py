@@ -39,6 +39,7 @@ clock, not to have rewound the culture: the history moves onto the new clock (:m
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -131,6 +132,12 @@ class ExtendedKalmanFilter:
         self._q_floor = 1e-3 * self._floor
         self._history: list[_Node] = []
         self._last_seq: dict[str, int] = {}
+        # The checkpoint's packed history, kept for the nodes before the newest one (only the newest node
+        # changes in the normal course of updates): the checkpoint of every controller step then copies
+        # arrays instead of concatenating hundreds of small ones. Dropped when older nodes change
+        # (re-filtering, a clock rebase, a restore); trimmed with the history.
+        self._pack_prefix: FloatArray | None = None
+        self._pack_lengths: deque[int] = deque()
         # Fault detectors (see the module doc); not part of the checkpoint: a resumed filter starts them
         # again from zero, so a stuck probe or a lock-out is noticed at most their length later.
         self._repeats: dict[int, tuple[float, int]] = {}  # device -> (last value, times repeated)
@@ -211,6 +218,7 @@ class ExtendedKalmanFilter:
         with it, so the filter goes on from where it was, on the new clock. Without this every later
         reading was older than the history and rejected: the twin was blind for the rest of the batch
         (found by the soak, tests/faults/soak.py)."""
+        self._pack_prefix = None
         for node in self._history:
             node.t_s += shift_s
             node.packed = None
@@ -275,6 +283,7 @@ class ExtendedKalmanFilter:
 
     def _insert(self, t_s: float, k: int, value: float) -> bool:
         """Apply a late reading at its sample time ``t_s`` and re-filter up to now (see the module doc)."""
+        self._pack_prefix = None  # older nodes change
         hist = self._history
         j = max((i for i, node in enumerate(hist) if node.t_s <= t_s + _SAME_TIME_S), default=None)
         if j is None:
@@ -299,6 +308,11 @@ class ExtendedKalmanFilter:
         cut = t - self.config.history_s
         while len(self._history) > 1 and self._history[1].t_s <= cut:
             self._history.pop(0)
+            if self._pack_prefix is not None:
+                if self._pack_lengths:
+                    self._pack_prefix = self._pack_prefix[self._pack_lengths.popleft() :]
+                else:  # the dropped node was not in the prefix: the prefix starts after it
+                    self._pack_prefix = None
 
     def _estimate(self, t: float, rejected: tuple[str, ...]) -> Estimate:
         node = self._history[-1]
@@ -323,12 +337,25 @@ class ExtendedKalmanFilter:
         return {
             "z0": first.z.copy(),
             "P0": first.P.copy(),
-            "nodes": np.concatenate([n.pack() for n in h]) if h else np.zeros(0),
+            "nodes": self._packed_history(),
             "last_seq": np.array([self._last_seq.get(d.device, -1) for d in self.devices], dtype=float),
         }
 
+    def _packed_history(self) -> FloatArray:
+        """Every node's :meth:`_Node.pack`, concatenated; the prefix before the newest node is kept."""
+        h = self._history
+        if not h:
+            return np.zeros(0)
+        if self._pack_prefix is None:
+            self._pack_prefix, self._pack_lengths = np.zeros(0), deque()
+        new = [n.pack() for n in h[len(self._pack_lengths) :]]
+        self._pack_prefix = np.concatenate([self._pack_prefix, *new[:-1]])
+        self._pack_lengths.extend(len(a) for a in new[:-1])
+        return np.concatenate([self._pack_prefix, new[-1]])
+
     def restore(self, state: Mapping[str, FloatArray]) -> None:
         """Continue from a :meth:`checkpoint` (re-propagating the history from its oldest node)."""
+        self._pack_prefix = None
         packed, nu, i = state["nodes"], self.spec.nu, 0
         nodes: list[_Node] = []
         while i < len(packed):

@@ -239,3 +239,23 @@ def test_a_restored_ekf_continues_exactly_after_it_trusted_a_locked_out_sensor(s
         a, b = first.update(meas, u), second.update(meas, u)
         np.testing.assert_array_equal(b.x, a.x)
         np.testing.assert_array_equal(b.x_std, a.x_std)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_the_checkpoint_s_kept_history_equals_the_history_packed_afresh(every: int) -> None:
+    """The EKF keeps the packed history before its newest node between checkpoints; through late assays
+    (re-filtering) and trimming (a 6-h history over 60 h) it must equal the history packed afresh."""
+    spec = SC.spec()
+    models = measurement_models(spec, SENSORS, SC.estimator)
+    ekf = ExtendedKalmanFilter(spec, twin_params(spec, SC), replace(SC.estimator, history_s=6 * HOUR), models)
+    trimmed = late = 0
+    for step, (meas, u, _) in enumerate(run(SC, 60).tap.log):
+        oldest = ekf._history[0] if ekf._history else None
+        ekf.update(meas, u)
+        trimmed += oldest is not None and ekf._history[0] is not oldest
+        late += any(r.t_s < meas.time_s - HOUR for r in meas.values.values() if r.value is not None)
+        if step % every == 0:
+            np.testing.assert_array_equal(
+                ekf.checkpoint()["nodes"], np.concatenate([n.pack() for n in ekf._history])
+            )
+    assert trimmed > 10 and late >= 1  # both paths that change the kept prefix were exercised
