@@ -62,7 +62,7 @@ class BatchOcpConfig:
             kept as the next re-solve's start (the work carries over) and the solve reports failure.
         tol: Ipopt tolerance.
         compiled: compile the NLP's functions (C, once per distinct problem, cached on disk): a solve is
-            about 4x faster; without a C compiler the interpreted problem is used (``compile_note``).
+            about 5x faster; without a C compiler the interpreted problem is used (``compile_note``).
         cache_dir: where the compiled problem is cached (default ``$BIOIMP_CACHE_DIR`` or
             ``~/.cache/bioimp``).
     """

@@ -43,7 +43,7 @@ def test_default_cho_batch_over_zeromq_beats_the_bolus_and_reaches_95_percent_of
         lo, hi = hard[name]
         assert summary["true_min"][name] >= lo - VIOLATION_RTOL * max(1.0, abs(lo)), name
         assert summary["true_max"][name] <= hi + VIOLATION_RTOL * max(1.0, abs(hi)), name
-    assert (lo, hi) == (0.0, 8.0) and hard["Lac"] == (0.0, 40.0) and hard["V"] == (0.0, 1.5)
+    assert hard["Amm"] == (0.0, 8.0) and hard["Lac"] == (0.0, 40.0) and hard["V"] == (0.0, 1.5)
     # The twin of that batch, from its record: viable cells and titer within 10 % of the true plant at
     # every step once the second assay is known (issue 4, section 3).
     with open_readonly(tmp_path / "run" / RECORD_FILE) as conn:

@@ -14,6 +14,14 @@ import pytest
 from hil.cli import main
 
 
+def _assert_one_line_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bioimp ARGV`` exits 2 with exactly one line, ``bioimp: error: MESSAGE...``."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"bioimp: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -39,11 +47,7 @@ from hil.cli import main
 def test_bad_options_are_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
-    code = main(["dashboard", "--record", str(tmp_path / "run"), *options])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith(f"bioimp: error: {message}"), err
-    assert len(err.strip().splitlines()) == 1
+    _assert_one_line_exit_2(["dashboard", "--record", str(tmp_path / "run"), *options], message, capsys)
 
 
 def test_a_port_in_use_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,10 +55,8 @@ def test_a_port_in_use_is_one_line_exit_2(tmp_path: Path, capsys: pytest.Capture
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = main(["dashboard", "--record", str(tmp_path), "--bind", f"127.0.0.1:{port}"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"bioimp: error: --bind 127.0.0.1:{port}: cannot listen there"), err
-    assert len(err.strip().splitlines()) == 1
+        argv = ["dashboard", "--record", str(tmp_path), "--bind", f"127.0.0.1:{port}"]
+        _assert_one_line_exit_2(argv, f"--bind 127.0.0.1:{port}: cannot listen there", capsys)
 
 
 def test_default_bind_is_loopback_port_8050() -> None:
@@ -78,8 +80,5 @@ def test_default_bind_is_loopback_port_8050() -> None:
 def test_bad_run_console_options_are_one_line_exit_2_and_start_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
 ) -> None:
-    code = main(["run", "--out", str(tmp_path / "run"), *options])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"bioimp: error: {message}"), err
-    assert len(err.strip().splitlines()) == 1
+    _assert_one_line_exit_2(["run", "--out", str(tmp_path / "run"), *options], message, capsys)
     assert not (tmp_path / "run").exists()
