@@ -124,20 +124,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             identity = b"bioimp-" + secrets.token_hex(8).encode()
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
-            result = run_batch(scenario, plant, out, setup, plant_events=listen(telemetry), console=console)
+            # With instruments the run directory gets batch.png (estimate, assays and, against our own
+            # plant, the replayed truth) and a two-level batch's harvest (twin.batch.finish_batch).
+            result = run_batch(
+                scenario,
+                plant,
+                out,
+                setup,
+                plant_events=listen(telemetry),
+                console=console,
+                batch_figure=True,
+                own_plant=args.plant is None,
+            )
             if scenario.plant.sensors is not None:
-                # Instruments, not states: draw estimate, assays and (our own plant only) the replayed truth.
-                from twin.batch_figure import replay_truth, write_batch_figure
-                from twin.harvest import harvest_kpis
-                from twin.outputs import write_summary
-
-                truth = replay_truth(scenario, result.record) if args.plant is None else None
-                write_batch_figure(out / "batch.png", scenario, result.record, truth)
                 print(f"figure    {out}/batch.png")
-                harvest = harvest_kpis(scenario, result.record, None if truth is None else truth[1])
-                if harvest:
-                    result.summary.update(harvest)
-                    write_summary(out / "summary.json", result.summary)
     summary = result.summary
     ctrl, name, record = summary["controller"], summary["scenario"], summary["record"]
     assert isinstance(ctrl, dict) and isinstance(name, dict) and isinstance(record, dict)

@@ -20,11 +20,15 @@ import numpy as np
 
 from plant_models.errors import PlantTimeout
 from plant_models.spec import ModelSpec
+from twin.batch_figure import batch_figure as batch_figure_spec
+from twin.batch_figure import replay_truth
 from twin.batch_record import RECORD_FILE, BatchRecord, Durability, RecordConfig, RunMeta
 from twin.checkpoint import snapshot
 from twin.clock import loop_clock
 from twin.console import ConsoleTap, LiveBatch, LoopConsole
 from twin.estimator_config import build_estimator
+from twin.figure_worker import FigureWorker
+from twin.harvest import harvest_kpis
 from twin.interfaces import (
     Controller,
     ControlStep,
@@ -35,10 +39,12 @@ from twin.interfaces import (
     Plant,
     PlantInfo,
 )
+from twin.kpis import trajectory
 from twin.loop import LoopResult, run_loop
+from twin.outputs import trajectory_figure, write_summary, write_trajectory_csv
 from twin.record import EventRow, MemoryRecord, Recorder, SetpointRow
-from twin.record_read import load_history
-from twin.runner import RunResult, build_controller, twin_params, write_outputs
+from twin.record_read import has_event, last_read_time_s, load_history
+from twin.runner import RunResult, build_controller, run_summary, twin_params
 from twin.scenario import Scenario
 
 __all__ = [
@@ -183,17 +189,57 @@ def loop_result_from_history(history: MemoryRecord, steps: int) -> LoopResult:
     return LoopResult(steps, final, misses, refused, fallbacks)
 
 
-def finish_batch(record: BatchRecord, scenario: Scenario, out_dir: Path, controller_name: str) -> RunResult:
-    """Mark the batch complete (``run_end`` event, once) and write the run directory from the record."""
-    spec = scenario.spec()
-    history = load_history(record.connection)
-    if not any(e.kind == "run_end" for e in history.events):
-        t_end = history.reads[-1][1].time_s
-        record.event(EventRow(t_end, "run_end", f"batch complete: {scenario.loop.steps} steps"))
-        history = load_history(record.connection)
-    loop = loop_result_from_history(history, scenario.loop.steps)
-    kpis = write_outputs(scenario, spec, history, loop, controller_name, twin_params(spec, scenario), out_dir)
-    kpis["record"] = {"file": RECORD_FILE, "rows": record.last_rec, "head_sha256": record.head.hex()}
+def finish_batch(
+    record: BatchRecord,
+    scenario: Scenario,
+    out_dir: Path,
+    controller_name: str,
+    *,
+    batch_figure: bool = False,
+    own_plant: bool = False,
+) -> RunResult:
+    """Mark the batch complete (``run_end`` event, once) and write the run directory from the record.
+
+    Always summary.json, trajectory.csv and trajectory.png. With ``batch_figure`` and a scenario with
+    instruments (``[plant.sensors]``), also batch.png (:mod:`twin.batch_figure`) and, for a two-level
+    batch, the harvest in summary.json (:mod:`twin.harvest`); with ``own_plant`` (the batch ran against
+    the scenario's simulated plant) both show the true plant, replayed.
+
+    The figures are drawn by a child process (:class:`~twin.figure_worker.FigureWorker`), started first
+    so it imports matplotlib while this process reads the record, and drawing on the second core while
+    this one replays the plant. summary.json is written once, complete.
+    """
+    with FigureWorker() as figures:
+        spec = scenario.spec()
+        conn = record.connection
+        if not has_event(conn, "run_end"):
+            t_end = last_read_time_s(conn)
+            assert t_end is not None, "a finished batch has read the plant"
+            record.event(EventRow(t_end, "run_end", f"batch complete: {scenario.loop.steps} steps"))
+        history = load_history(conn)
+        traj = trajectory(spec, history)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        title = f"{scenario.name} — {controller_name}"
+        figures.submit(out_dir / "trajectory.png", trajectory_figure(spec, traj, title))
+        harvest: dict[str, object] = {}
+        if batch_figure and scenario.plant.sensors is not None:
+            # Instruments, not states: estimate, assays and (our own plant only) the replayed truth. The
+            # replay is the longest part: started first, the KPIs and the CSV below are written while the
+            # worker draws.
+            truth = replay_truth(scenario, history) if own_plant else None
+            figures.submit(out_dir / "batch.png", batch_figure_spec(scenario, history, truth))
+            harvest = harvest_kpis(scenario, history, None if truth is None else truth[1])
+        loop = loop_result_from_history(history, scenario.loop.steps)
+        kpis = run_summary(scenario, spec, history, traj, loop, controller_name, twin_params(spec, scenario))
+        write_trajectory_csv(out_dir / "trajectory.csv", spec, traj)
+        record_kpis = {"file": RECORD_FILE, "rows": record.last_rec, "head_sha256": record.head.hex()}
+        if harvest:  # the file names the record only with a harvest (as it always has)
+            kpis["record"] = record_kpis
+            kpis.update(harvest)
+            write_summary(out_dir / "summary.json", kpis)
+        else:
+            write_summary(out_dir / "summary.json", kpis)
+            kpis["record"] = record_kpis
     return RunResult(kpis, history, loop)
 
 
@@ -218,12 +264,15 @@ def run_batch(
     *,
     plant_events: Callable[[], Iterable[EventRow]] | None = None,
     console: LoopConsole | None = None,
+    batch_figure: bool = False,
+    own_plant: bool = False,
 ) -> RunResult:
     """Run the scenario's batch against ``plant``, recorded durably in ``out_dir/record.sqlite``.
 
     Durability follows the plant's clock: ``full`` for a real-time plant, ``normal`` for a virtual one.
     A ``console`` (the operator channel) sees every controller step and serves operator requests once
-    per period, in the loop's thread (:mod:`twin.console`).
+    per period, in the loop's thread (:mod:`twin.console`). ``batch_figure`` and ``own_plant``: what the
+    run directory gets besides the summary and the trajectory (:func:`finish_batch`).
 
     Raises:
         RecordError: ``out_dir`` already holds a batch record.
@@ -268,7 +317,7 @@ def run_batch(
             plant_events=plant_events,
             between_steps=None if console is None else console.poll,
         )
-        return finish_batch(record, scenario, out_dir, controller.name)
+        return finish_batch(record, scenario, out_dir, controller.name, batch_figure=batch_figure, own_plant=own_plant)
     finally:
         record.close()
 

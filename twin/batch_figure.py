@@ -15,16 +15,18 @@ run`` started the plant itself (with ``--plant`` the plant may be anything).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from plant_models.spec import ModelSpec
+from twin.figures import Band, FigureSpec, Panel, Series, render
 from twin.interfaces import FloatArray
 from twin.record import MemoryRecord
 from twin.scenario import Scenario
 
-__all__ = ["PANELS", "replay_truth", "write_batch_figure"]
+__all__ = ["PANELS", "batch_figure", "replay_truth", "write_batch_figure"]
 
 #: Panel title -> states drawn in it (those the model has).
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -75,53 +77,59 @@ def _assays(spec: ModelSpec, scenario: Scenario, record: MemoryRecord) -> dict[s
     return out
 
 
-def write_batch_figure(
-    path: Path, scenario: Scenario, record: MemoryRecord, truth: tuple[FloatArray, FloatArray] | None
-) -> None:
-    """Write the multi-panel PNG (``truth``: :func:`replay_truth`, or None to leave it out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def batch_figure(scenario: Scenario, record: MemoryRecord, truth: tuple[FloatArray, FloatArray] | None) -> FigureSpec:
+    """The batch figure as data (``truth``: :func:`replay_truth`, or None to leave it out)."""
     spec = scenario.spec()
     hours = spec.seconds_per_time_unit
-    panels = [(title, tuple(n for n in names if n in spec.states)) for title, names in PANELS]
-    panels = [(title, names) for title, names in panels if names]
-    n_panels = len(panels) + 1
-    fig, axes = plt.subplots(n_panels, 1, sharex=True, figsize=(9, 2.0 * n_panels + 0.8))
+    groups = [(title, tuple(n for n in names if n in spec.states)) for title, names in PANELS]
     t_est = np.array([e.t_s for _, e in record.estimates]) / hours
     x_est = np.array([e.x for _, e in record.estimates])
     s_est = np.array([e.x_std for _, e in record.estimates])
     assays = _assays(spec, scenario, record)
-    for ax, (title, names) in zip(axes, panels, strict=False):
+    panels: list[Panel] = []
+    for title, names in groups:
+        if not names:
+            continue
+        items: list[Series | Band] = []
         for colour, name in zip(_COLOURS, names, strict=False):
             i = spec.states.index(name)
-            ax.plot(t_est, x_est[:, i], color=colour, lw=1.2, label=f"{name} estimate")
-            ax.fill_between(
-                t_est, x_est[:, i] - 2 * s_est[:, i], x_est[:, i] + 2 * s_est[:, i], color=colour, alpha=0.2, lw=0
-            )
+            items.append(Series(t_est, x_est[:, i], colour, f"{name} estimate", width=1.2))
+            items.append(Band(t_est, x_est[:, i] - 2 * s_est[:, i], x_est[:, i] + 2 * s_est[:, i], colour))
             if truth is not None:
-                ax.plot(truth[0] / hours, truth[1][:, i], color=colour, lw=0.8, ls="--", label=f"{name} true")
+                items.append(Series(truth[0] / hours, truth[1][:, i], colour, f"{name} true", "dashed", 0.8))
             if name in assays:
                 ts, vs = assays[name]
-                ax.plot(np.array(ts) / hours, vs, "o", color=colour, ms=3.5, label=f"{name} assay")
+                items.append(Series(np.array(ts) / hours, np.array(vs), colour, f"{name} assay", "dots", 3.5))
         units = sorted({spec.units[n] for n in names})
-        ax.set_ylabel(f"{title}\n[{', '.join(units)}]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", ncol=2)
-    ax = axes[-1]
+        panels.append(Panel(f"{title}\n[{', '.join(units)}]", tuple(items), legend=True))
+    # The applied inputs: the first on the left axis, the second (if any) on a right axis of its own.
     applied = sorted((r.t_s, r.values) for r in record.setpoints if r.state == "applied")
+    inputs: list[Panel] = []
     if applied:
         t_u = np.array([t for t, _ in applied]) / hours
         for colour, name in zip(("tab:orange", "tab:brown"), spec.inputs, strict=False):
             values = np.array([v.get(name, math.nan) for _, v in applied])
-            target = ax if colour == "tab:orange" else ax.twinx()
-            target.step(t_u, values, where="post", color=colour, lw=1.0, label=f"{name} [{spec.units[name]}]")
-            target.set_ylabel(f"{name} [{spec.units[name]}]", color=colour)
-    ax.set_xlabel(f"time [{spec.time_unit}]")
-    ax.grid(alpha=0.3)
-    fig.suptitle(f"{scenario.name}: estimate ±2σ, assays" + (", true plant (dashed)" if truth is not None else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+            label = f"{name} [{spec.units[name]}]"
+            inputs.append(Panel(label, (Series(t_u, values, colour, label, "step", 1.0),), ylabel_colour=colour))
+    if not inputs:
+        panels.append(Panel("", ()))
+    else:
+        panels.append(replace(inputs[0], right=inputs[1] if len(inputs) > 1 else None))
+    title = f"{scenario.name}: estimate ±2σ, assays" + (", true plant (dashed)" if truth is not None else "")
+    return FigureSpec(
+        title=title,
+        xlabel=f"time [{spec.time_unit}]",
+        panels=tuple(panels),
+        width_in=9.0,
+        panel_height_in=2.0,
+        extra_height_in=0.8,
+        dpi=90,
+        margins_in=(1.05, 0.7, 0.5, 0.5),
+    )
+
+
+def write_batch_figure(
+    path: Path, scenario: Scenario, record: MemoryRecord, truth: tuple[FloatArray, FloatArray] | None
+) -> None:
+    """Write the multi-panel PNG in this process (``truth``: :func:`replay_truth`, or None to leave it out)."""
+    render(path, batch_figure(scenario, record, truth))

@@ -70,10 +70,15 @@ def closed_loop_objective(spec: ModelSpec, mpc: MpcConfig, traj: Trajectory, p: 
     """
 
     def weighted(weights: Mapping[str, float], x: FloatArray, u: FloatArray) -> float:
-        y = np.asarray(spec.h(x, u, p), dtype=float).ravel()
+        y: FloatArray | None = None  # the outputs, evaluated only when a weight names one (a CasADi call)
         total = 0.0
         for name, w in weights.items():
-            value = x[spec.states.index(name)] if name in spec.states else y[spec.outputs.index(name)]
+            if name in spec.states:
+                value = x[spec.states.index(name)]
+            else:
+                if y is None:
+                    y = np.asarray(spec.h(x, u, p), dtype=float).ravel()
+                value = y[spec.outputs.index(name)]
             total += w * float(value)
         return total
 

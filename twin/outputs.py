@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from plant_models.spec import ModelSpec
+from twin.figures import FigureSpec, Panel, Series, render
 from twin.kpis import Trajectory
 
 
@@ -45,25 +46,29 @@ def write_trajectory_csv(path: Path, spec: ModelSpec, traj: Trajectory) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def plot_trajectory(path: Path, spec: ModelSpec, traj: Trajectory, title: str) -> None:
-    """One panel per state and per input against time, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def trajectory_figure(spec: ModelSpec, traj: Trajectory, title: str) -> FigureSpec:
+    """trajectory.png as data: one panel per state (line) and per input (held steps) against time."""
     t = traj.t_s / spec.seconds_per_time_unit
-    names = (*spec.states, *spec.inputs)
-    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(8, 1.7 * len(names) + 0.6))
-    for i, (ax, name) in enumerate(zip(np.atleast_1d(axes), names, strict=True)):
-        if i < spec.nx:
-            ax.plot(t, traj.x[:, i], color="tab:blue")
-        else:
-            ax.step(t, traj.u[:, i - spec.nx], where="post", color="tab:orange")
-        ax.set_ylabel(f"{name}\n[{spec.units[name]}]")
-        ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[-1].set_xlabel(f"time [{spec.time_unit}]")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    panels = [
+        Panel(f"{name}\n[{spec.units[name]}]", (Series(t, traj.x[:, i], "tab:blue"),))
+        for i, name in enumerate(spec.states)
+    ]
+    panels += [
+        Panel(f"{name}\n[{spec.units[name]}]", (Series(t, traj.u[:, i], "tab:orange", style="step"),))
+        for i, name in enumerate(spec.inputs)
+    ]
+    return FigureSpec(
+        title=title,
+        xlabel=f"time [{spec.time_unit}]",
+        panels=tuple(panels),
+        width_in=8.0,
+        panel_height_in=1.7,
+        extra_height_in=0.6,
+        dpi=100,
+        margins_in=(1.05, 0.15, 0.45, 0.5),
+    )
+
+
+def plot_trajectory(path: Path, spec: ModelSpec, traj: Trajectory, title: str) -> None:
+    """One panel per state and per input against time, saved as PNG (in this process)."""
+    render(path, trajectory_figure(spec, traj, title))

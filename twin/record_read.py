@@ -19,7 +19,7 @@ from twin.batch_record import decode_vector
 from twin.interfaces import ControlStep, Estimate, Measurements, Reading
 from twin.record import EventRow, MemoryRecord, SetpointRow, SetpointState
 
-__all__ = ["RunInfo", "load_history", "open_readonly", "read_run"]
+__all__ = ["RunInfo", "has_event", "last_read_time_s", "load_history", "open_readonly", "read_run"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,17 @@ def read_run(conn: sqlite3.Connection) -> RunInfo:
         period_s=float(row[14]),
         steps=int(row[15]),
     )
+
+
+def has_event(conn: sqlite3.Connection, kind: str) -> bool:
+    """Whether the record holds an event of this kind."""
+    return conn.execute("SELECT 1 FROM events WHERE kind = ? LIMIT 1", (kind,)).fetchone() is not None
+
+
+def last_read_time_s(conn: sqlite3.Connection) -> float | None:
+    """The plant time of the last recorded read (the last ``reads`` entry of :func:`load_history`), or None."""
+    row = conn.execute("SELECT read_t_s FROM samples ORDER BY rec DESC LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
 
 
 def load_history(conn: sqlite3.Connection) -> MemoryRecord:

@@ -14,7 +14,7 @@ from plant_models.spec import ModelSpec
 from twin.clock import VirtualClock
 from twin.estimator_config import build_estimator
 from twin.interfaces import Plant
-from twin.kpis import summary, trajectory
+from twin.kpis import Trajectory, summary, trajectory
 from twin.loop import LoopResult, run_loop
 from twin.outputs import plot_trajectory, write_summary, write_trajectory_csv
 from twin.record import MemoryRecord
@@ -89,6 +89,21 @@ def run_scenario(scenario: Scenario, plant: Plant, out_dir: Path | None = None) 
     return RunResult(kpis, record, loop)
 
 
+def run_summary(
+    scenario: Scenario,
+    spec: ModelSpec,
+    record: MemoryRecord,
+    traj: Trajectory,
+    loop: LoopResult,
+    controller_name: str,
+    p: FloatArray,
+) -> dict[str, object]:
+    """The KPI summary of a finished run (``traj``: :func:`twin.kpis.trajectory` of ``record``)."""
+    kpis = summary(spec, scenario.controller.mpc, record, traj, loop, controller_name, p)
+    kpis["scenario"] = {"name": scenario.name, "sha256": scenario.sha256}
+    return kpis
+
+
 def write_outputs(
     scenario: Scenario,
     spec: ModelSpec,
@@ -100,8 +115,7 @@ def write_outputs(
 ) -> dict[str, object]:
     """The KPI summary of a finished run; with ``out_dir``, also summary.json, trajectory.csv and .png."""
     traj = trajectory(spec, record)
-    kpis = summary(spec, scenario.controller.mpc, record, traj, loop, controller_name, p)
-    kpis["scenario"] = {"name": scenario.name, "sha256": scenario.sha256}
+    kpis = run_summary(scenario, spec, record, traj, loop, controller_name, p)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_summary(out_dir / "summary.json", kpis)
