@@ -17,6 +17,7 @@ import math
 import casadi as ca
 import numpy as np
 
+from controllers.buffered import BufferedFunction
 from plant_models.spec import ModelSpec
 from twin.interfaces import FloatArray
 
@@ -72,7 +73,63 @@ class AugmentedModel:
         zn = self.rk4(zs, u, ps, h)
         self.step = ca.Function("ekf_step", [zs, u, ps, h], [zn, ca.jacobian(zn, zs)]).expand()
         y = self.measure_sym(zs, u, ps)
-        self.measure = ca.Function("ekf_measure", [zs, u, ps], [y, ca.jacobian(y, zs)]).expand()
+        self.measure = BufferedFunction(
+            ca.Function("ekf_measure", [zs, u, ps], [ca.densify(y), ca.densify(ca.jacobian(y, zs))]).expand()
+        )
+        self._predictors: dict[int, BufferedFunction] = {}
+        self.corrector = self._build_corrector(y, zs, u, ps)
+
+    def _build_corrector(self, y: ca.SX, zs: ca.SX, u: ca.SX, ps: ca.SX) -> BufferedFunction:
+        """``(z, P, u, p, e, value, sigma, rel_sigma) -> (innovation, s, z, P)``: one scalar reading of the
+        signal picked by the one-hot ``e`` fused into ``(z, P)`` (Joseph form; ``z`` projected).
+
+        The reading's variance ``r = sigma^2 + (rel_sigma y_hat)^2 + 1e-12 (1 + y_hat^2)`` takes its relative
+        part at the prediction, not the reading, so a spike cannot widen its own sigma. ``s`` is the
+        innovation variance, for the caller's gate.
+        """
+        P = ca.SX.sym("P", self.nz, self.nz)
+        e = ca.SX.sym("e", len(self.signals))
+        value, sigma, rel_sigma = ca.SX.sym("value"), ca.SX.sym("sigma"), ca.SX.sym("rel_sigma")
+        y_hat = ca.dot(e, y)
+        h_row = ca.jacobian(y_hat, zs).T
+        r = sigma**2 + (rel_sigma * y_hat) ** 2 + 1e-12 * (1.0 + y_hat**2)
+        s = ca.dot(h_row, P @ h_row) + r
+        gain = P @ h_row / s
+        ikh = ca.DM.eye(self.nz) - gain @ h_row.T
+        P_new = ikh @ P @ ikh.T + r * (gain @ gain.T)
+        innovation = value - y_hat
+        z_new = ca.fmin(ca.fmax(zs + gain * innovation, ca.DM(self.lower)), ca.DM(self.upper))
+        fn = ca.Function(
+            "ekf_correct",
+            [zs, P, u, ps, e, value, sigma, rel_sigma],
+            [innovation, s, ca.densify(z_new), ca.densify(P_new)],
+        )
+        return BufferedFunction(fn)
+
+    def predictor(self, n: int) -> BufferedFunction:
+        """``(z, P, u, p, h, q_rel, q_floor) -> (z, P)``: ``n`` RK4 steps of length ``h`` with the
+        covariance carried along, as one call (built on first use for each ``n``, then reused).
+
+        Each step: ``P <- A P A' + diag(q h)`` with the continuous process noise relative to the value
+        before the step, ``q = (q_rel |z|)^2 + q_floor^2``; then ``z`` clipped to the bounds (:meth:`project`).
+        ``P`` is symmetrised once at the end.
+        """
+        if n not in self._predictors:
+            nz = self.nz
+            z0, P0 = ca.SX.sym("z", nz), ca.SX.sym("P", nz, nz)
+            u, ps, h = ca.SX.sym("u", self.spec.nu), ca.SX.sym("p", self.spec.np), ca.SX.sym("h")
+            q_rel, q_floor = ca.SX.sym("q_rel", nz), ca.SX.sym("q_floor", nz)
+            lower, upper = ca.DM(self.lower), ca.DM(self.upper)
+            z, P = z0, P0
+            for _ in range(n):
+                z_next, A = self.step(z, u, ps, h)
+                q = (q_rel * ca.fabs(z)) ** 2 + q_floor**2
+                P = A @ P @ A.T + ca.diag(q * h)
+                z = ca.fmin(ca.fmax(z_next, lower), upper)
+            args = [z0, P0, u, ps, h, q_rel, q_floor]
+            fn = ca.Function(f"ekf_predict{n}", args, [z, ca.densify(0.5 * (P + P.T))])
+            self._predictors[n] = BufferedFunction(fn)
+        return self._predictors[n]
 
     def _unscale(self, zs: ca.SX, ps: ca.SX) -> tuple[ca.SX, ca.SX]:
         """Physical x and the parameter vector with the augmented entries taken from ``zs``."""

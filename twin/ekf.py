@@ -117,6 +117,7 @@ class ExtendedKalmanFilter:
         self.model = AugmentedModel(spec, self.p, x0, config.augment, signals)
         m = self.model
         self._signal_of = [signals.index(d.measures) for d in devices]
+        self._one_hot = [np.eye(len(signals))[i] for i in self._signal_of]
         self._bounds = [spec.state_bounds.get(d.measures, (-math.inf, math.inf)) for d in devices]
         self._z0 = np.concatenate([x0, self.p[m.aug_idx]]) / m.scale
         rel0 = [config.initial_std.get(n, 0.1) for n in spec.states]
@@ -198,19 +199,12 @@ class ExtendedKalmanFilter:
         return np.array([self.spec.input_safe[n] for n in self.spec.inputs])
 
     def _predict(self, z: FloatArray, P: FloatArray, u: FloatArray, dt_s: float) -> tuple[FloatArray, FloatArray]:
-        """``z, P`` after ``dt_s`` seconds with ``u`` held."""
+        """``z, P`` after ``dt_s`` seconds with ``u`` held (RK4 steps no longer than ``max_step``)."""
         m = self.model
         dt = dt_s / self.spec.seconds_per_time_unit
         n = m.substeps(dt, self.config.max_step)
-        h = dt / n
-        for _ in range(n):
-            z_next, A = m.step(z, u, self.p, h)
-            A = np.asarray(A)
-            # Continuous process noise, relative to the current value (with a small absolute floor).
-            q = (self._q_rel * np.abs(z)) ** 2 + self._q_floor**2
-            P = A @ P @ A.T + np.diag(q * h)
-            z = m.project(np.asarray(z_next).ravel())
-        return z, 0.5 * (P + P.T)
+        z_next, P_next = m.predictor(n)(z, P, u, self.p, dt / n, self._q_rel, self._q_floor)
+        return z_next, P_next
 
     def _rebase(self, shift_s: float) -> None:
         """Move the whole history by ``shift_s`` seconds: the plant's clock went back (its server restarted
@@ -237,8 +231,8 @@ class ExtendedKalmanFilter:
         """Widen the variance of what device ``k`` measures until ``value`` passes the gate; fuse it."""
         m = self.model
         y, H = m.measure(node.z, node.u, self.p)
-        h_row = np.asarray(H)[self._signal_of[k], :]
-        innovation = value - float(np.asarray(y)[self._signal_of[k], 0])
+        h_row = H[self._signal_of[k], :]
+        innovation = value - float(y[self._signal_of[k]])
         touched = np.abs(h_row) > 0
         # Innovation variance wanted: the reading at half the gate (2.5 sigma with the default of 5).
         wanted = (2.0 * innovation / self.config.reject_sigma) ** 2
@@ -261,22 +255,13 @@ class ExtendedKalmanFilter:
 
     def _apply(self, node: _Node, k: int, value: float, gate: bool = True) -> bool:
         """Fuse device ``k``'s ``value`` into ``node``; False (and no change) if it fails the gate."""
-        m = self.model
-        y, H = m.measure(node.z, node.u, self.p)
-        i = self._signal_of[k]
-        y_hat = float(np.asarray(y)[i, 0])
-        h_row = np.asarray(H)[i, :]
         dev = self.devices[k]
-        # Relative noise is taken at the prediction, not the reading, so a spike cannot widen its own σ.
-        r = dev.sigma**2 + (dev.rel_sigma * y_hat) ** 2 + 1e-12 * (1.0 + y_hat**2)
-        s = float(h_row @ node.P @ h_row) + r
-        innovation = value - y_hat
-        if gate and abs(innovation) > self.config.reject_sigma * math.sqrt(s):
+        innovation, s, z, P = self.model.corrector(
+            node.z, node.P, node.u, self.p, self._one_hot[k], value, dev.sigma, dev.rel_sigma
+        )
+        if gate and abs(innovation[0]) > self.config.reject_sigma * math.sqrt(s[0]):
             return False
-        gain = node.P @ h_row / s
-        ikh = np.eye(m.nz) - np.outer(gain, h_row)
-        node.P = ikh @ node.P @ ikh.T + r * np.outer(gain, gain)
-        node.z = m.project(node.z + gain * innovation)
+        node.z, node.P = z, P
         node.meas.append((k, value))
         node.packed = None
         return True
