@@ -40,9 +40,9 @@ class BufferedFunction:
         buffer, self._eval = fn.buffer()
         self._buffer = buffer  # keeps the bindings alive with the arrays
         for i, arr in enumerate(self._in):
-            buffer.set_arg(i, memoryview(self._flat(arr)))
+            buffer.set_arg(i, self._flat(arr).data)
         for i, arr in enumerate(self._out):
-            buffer.set_res(i, memoryview(self._flat(arr)))
+            buffer.set_res(i, self._flat(arr).data)
 
     @staticmethod
     def _flat(arr: FloatArray) -> FloatArray:
