@@ -7,10 +7,12 @@ ends, so a batch that was killed and resumed (:mod:`twin.resume`) is summarised 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib.metadata
 import platform
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ from twin.record import EventRow, MemoryRecord, Recorder, SetpointRow
 from twin.record_read import has_event, last_read_time_s, load_history
 from twin.runner import RunResult, build_controller, run_summary, twin_params
 from twin.scenario import Scenario
+from twin.truth_replay import ReplayError, ReplayTap, TruthReplay
 
 __all__ = [
     "BatchSetup",
@@ -197,19 +200,24 @@ def finish_batch(
     *,
     batch_figure: bool = False,
     own_plant: bool = False,
+    replay: TruthReplay | None = None,
+    figures: FigureWorker | None = None,
 ) -> RunResult:
     """Mark the batch complete (``run_end`` event, once) and write the run directory from the record.
 
     Always summary.json, trajectory.csv and trajectory.png. With ``batch_figure`` and a scenario with
     instruments (``[plant.sensors]``), also batch.png (:mod:`twin.batch_figure`) and, for a two-level
     batch, the harvest in summary.json (:mod:`twin.harvest`); with ``own_plant`` (the batch ran against
-    the scenario's simulated plant) both show the true plant, replayed.
+    the scenario's simulated plant) both show the true plant, replayed: by ``replay``, which has
+    replayed it while the loop ran (:mod:`twin.truth_replay`), or else here from the record.
 
-    The figures are drawn by a child process (:class:`~twin.figure_worker.FigureWorker`), started first
-    so it imports matplotlib while this process reads the record, and drawing on the second core while
-    this one replays the plant. summary.json is written once, complete.
+    The figures are drawn by child processes: ``figures``, started before the loop so matplotlib is
+    imported by the time it ends (:func:`run_batch`), or else started here first, importing while this
+    process reads the record. summary.json is written once, complete.
     """
-    with FigureWorker() as figures:
+    with contextlib.ExitStack() as stack:
+        if figures is None:
+            figures = stack.enter_context(FigureWorker(_figure_count(scenario, batch_figure)))
         spec = scenario.spec()
         conn = record.connection
         if not has_event(conn, "run_end"):
@@ -226,7 +234,7 @@ def finish_batch(
             # Instruments, not states: estimate, assays and (our own plant only) the replayed truth. The
             # replay is the longest part: started first, the KPIs and the CSV below are written while the
             # worker draws.
-            truth = replay_truth(scenario, history) if own_plant else None
+            truth = _truth(scenario, history, replay) if own_plant else None
             figures.submit(out_dir / "batch.png", batch_figure_spec(scenario, history, truth))
             harvest = harvest_kpis(scenario, history, None if truth is None else truth[1])
         loop = loop_result_from_history(history, scenario.loop.steps)
@@ -240,7 +248,23 @@ def finish_batch(
         else:
             write_summary(out_dir / "summary.json", kpis)
             kpis["record"] = record_kpis
+        figures.finish()
     return RunResult(kpis, history, loop)
+
+
+def _figure_count(scenario: Scenario, batch_figure: bool) -> int:
+    """How many figures :func:`finish_batch` draws (one child process each, drawn at once)."""
+    return 2 if batch_figure and scenario.plant.sensors is not None else 1
+
+
+def _truth(scenario: Scenario, history: MemoryRecord, replay: TruthReplay | None) -> tuple[FloatArray, FloatArray]:
+    """The true plant at each step: from the replay that ran alongside the loop, else replayed here."""
+    if replay is not None:
+        try:
+            return replay.result(scenario.loop.steps)
+        except ReplayError as exc:  # the same truth, only later: the run directory is still complete
+            print(f"bioimp: note: {exc}; replaying the plant after the batch instead", file=sys.stderr)
+    return replay_truth(scenario, history)
 
 
 def durability_for(clock: str) -> Durability:
@@ -304,20 +328,37 @@ def run_batch(
         if console is not None:
             console.attach(LiveBatch(spec, plant, controller, record, scenario.loop.period_s))
             recorder = ConsoleTap(record, console)
-        run_loop(
-            spec=spec,
-            plant=plant,
-            estimator=estimator,
-            controller=controller,
-            clock=loop_clock(info, plant.advance, scenario.loop.period_s),
-            recorder=recorder,
-            steps=scenario.loop.steps,
-            period_s=scenario.loop.period_s,
-            budget_s=scenario.controller.budget_s,
-            plant_events=plant_events,
-            between_steps=None if console is None else console.poll,
-        )
-        return finish_batch(record, scenario, out_dir, controller.name, batch_figure=batch_figure, own_plant=own_plant)
+        with contextlib.ExitStack() as stack:  # the replay process, stopped however the batch ends
+            # The run directory's figures are drawn by children that import matplotlib while the loop runs.
+            figures = stack.enter_context(FigureWorker(_figure_count(scenario, batch_figure)))
+            replay = None
+            if batch_figure and own_plant and scenario.plant.sensors is not None:
+                # The truth for batch.png and the harvest, replayed on the second core while the loop runs.
+                replay = stack.enter_context(TruthReplay(scenario))
+                recorder = ReplayTap(recorder, replay)
+            run_loop(
+                spec=spec,
+                plant=plant,
+                estimator=estimator,
+                controller=controller,
+                clock=loop_clock(info, plant.advance, scenario.loop.period_s),
+                recorder=recorder,
+                steps=scenario.loop.steps,
+                period_s=scenario.loop.period_s,
+                budget_s=scenario.controller.budget_s,
+                plant_events=plant_events,
+                between_steps=None if console is None else console.poll,
+            )
+            return finish_batch(
+                record,
+                scenario,
+                out_dir,
+                controller.name,
+                batch_figure=batch_figure,
+                own_plant=own_plant,
+                replay=replay,
+                figures=figures,
+            )
     finally:
         record.close()
 

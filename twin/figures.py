@@ -192,6 +192,10 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--nice"]:  # a worker started long before its figures yields the CPU meanwhile
+        import os
+
+        os.nice(int(sys.argv[2]))
     # Through the module, not this __main__ copy: the pickles name twin.figures' classes.
     from twin.figures import serve as _serve_module
 

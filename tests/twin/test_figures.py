@@ -39,8 +39,8 @@ def two_panels(title: str) -> FigureSpec:
     return FigureSpec(title, "time [h]", (upper, lower), width_in=6.0, panel_height_in=2.0, extra_height_in=0.8, dpi=50)
 
 
-def test_the_worker_draws_every_submitted_figure(tmp_path: Path) -> None:
-    with FigureWorker() as figures:
+def test_the_workers_draw_every_submitted_figure(tmp_path: Path) -> None:
+    with FigureWorker(processes=2) as figures:
         figures.submit(tmp_path / "a.png", two_panels("a"))
         figures.submit(tmp_path / "b.png", two_panels("b"))
     for name in ("a.png", "b.png"):
