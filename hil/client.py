@@ -25,7 +25,15 @@ from typing import Any, Self
 
 import zmq
 
-from hil.client_base import BAD_REPLY, RequestPlant, check_reply, measurements_from_wire
+from hil.client_base import (
+    BAD_REPLY,
+    RequestPlant,
+    check_reply,
+    measurements_from_wire,
+    raise_if_error,
+    read_fields,
+    time_from_wire,
+)
 from hil.protocol import TOPIC_EVENT, TOPIC_MEAS
 from hil.security import ClientKeys, apply_client_keys
 from plant_models.errors import PlantTimeout, ProtocolError
@@ -111,36 +119,79 @@ class ZmqPlant(_SocketOwner, RequestPlant):
         # With IMMEDIATE and no connection yet, send blocks; bound it like every receive.
         self._socket.setsockopt(zmq.SNDTIMEO, max(1, round(timeout_s * 1000)))
         self._socket.connect(command_endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
         self._closed = False
         #: Monotonic time of the last request this client sent: the loop's sign of life (HeartbeatSender).
         self.last_request_s = time.monotonic()
 
-    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> bytes:
+    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> Mapping[str, Any]:
         if self._closed:
             raise ValueError("I/O on a closed ZmqPlant")
         attempts = 1 + (self.retries if idempotent else 0)
         self.last_request_s = time.monotonic()
         for _ in range(attempts):
-            try:
-                self._socket.send(frame)
-            except zmq.Again:
+            if not self._send(frame):
                 continue  # not connected within timeout_s: counts as a timed-out attempt
             reply = self._receive(request_id)
             if reply is not None:
                 return reply
-        raise PlantTimeout(f"no reply from {self.command_endpoint} after {attempts} attempt(s) of {self.timeout_s} s")
+        raise self._timeout(attempts)
 
-    def _receive(self, request_id: str) -> bytes | None:
-        """The reply with id ``request_id``, or None when ``timeout_s`` passes first."""
+    def advance_and_read(self, dt_s: float, names: tuple[str, ...] | None = None) -> tuple[float, Measurements]:
+        """:meth:`advance`, then :meth:`read`, waiting for the plant once: both requests are sent first.
+
+        The plant serves them in order, so the readings are those the advance left. The advance is
+        sent once (it is not idempotent); if the read's reply is lost it is asked again as
+        :meth:`read` would. When the advance is refused, its error is raised and the read's reply,
+        arriving later, is dropped as a late reply.
+
+        Raises:
+            ProtocolError: the advance was refused (no reading is returned), or the read was.
+            PlantTimeout: no reply to the advance, or none to the read after retries.
+        """
+        if self._closed:
+            raise ValueError("I/O on a closed ZmqPlant")
+        advance_id, advance_frame = self._request("advance", {"dt": float(dt_s)})
+        read_id, read_frame = self._request("read", read_fields(names))
+        self.last_request_s = time.monotonic()
+        advanced: Mapping[str, Any] | None = None
+        read_sent = False
+        if self._send(advance_frame):
+            read_sent = self._send(read_frame)
+            advanced = self._receive(advance_id)
+        if advanced is None:
+            raise self._timeout(1)
+        raise_if_error(advanced)
+        time_s = time_from_wire(advanced)
+        reading = self._receive(read_id) if read_sent else None
+        if reading is None:
+            reading = self._exchange(read_id, read_frame, idempotent=True)
+        raise_if_error(reading)
+        return time_s, measurements_from_wire(reading)
+
+    def _send(self, frame: bytes) -> bool:
+        """Send one request; False when it cannot be sent within ``timeout_s`` (not connected)."""
+        try:
+            self._socket.send(frame)
+        except zmq.Again:
+            return False
+        return True
+
+    def _timeout(self, attempts: int) -> PlantTimeout:
+        return PlantTimeout(f"no reply from {self.command_endpoint} after {attempts} attempt(s) of {self.timeout_s} s")
+
+    def _receive(self, request_id: str) -> Mapping[str, Any] | None:
+        """The reply with id ``request_id`` (decoded), or None when ``timeout_s`` passes first."""
         deadline = time.monotonic() + self.timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
-            if not self._socket.poll(max(1, round(remaining * 1000)), zmq.POLLIN):
+            if not self._poller.poll(max(1, round(remaining * 1000))):
                 return None
             frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            payload = frames[-1]  # a server replying with an empty delimiter is tolerated
-            reply_id, _ = check_reply(payload)  # a malformed reply raises bad_reply
+            # A server replying with an empty delimiter is tolerated; a malformed reply raises bad_reply.
+            reply_id, body = check_reply(frames[-1])
             if reply_id == request_id:
-                return payload
+                return body
             # A late reply to a request we already gave up on (or retried): drop it.
         return None
 

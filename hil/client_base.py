@@ -29,6 +29,8 @@ __all__ = [
     "measurements_from_wire",
     "plant_info_from_wire",
     "raise_if_error",
+    "read_fields",
+    "time_from_wire",
     "write_result_from_wire",
 ]
 
@@ -130,9 +132,14 @@ def plant_info_from_wire(body: Mapping[str, Any]) -> PlantInfo:
     )
 
 
+_QUALITIES: frozenset[Quality] = frozenset(("good", "stale", "bad"))
+
+
 def measurements_from_wire(body: Mapping[str, Any]) -> Measurements:
     """A ``read`` reply or ``meas`` telemetry payload as :class:`Measurements`."""
     values = {}
+    # Every read of the loop comes through here: a float (what JSON numbers with a fraction decode to)
+    # is taken as it is; anything else goes through the full checks of _number.
     for name, item in _object(body, "values").items():
         if not isinstance(item, dict):
             raise _bad(f"reading of {name!r} is not an object")
@@ -140,10 +147,25 @@ def measurements_from_wire(body: Mapping[str, Any]) -> Measurements:
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise _bad(f"reading of {name!r} has no integer 'seq'")
         quality = item.get("quality", "good")  # absent: a server older than the quality flag
-        if quality not in ("good", "stale", "bad"):
+        if quality not in _QUALITIES:
             raise _bad(f"reading of {name!r} has an invalid 'quality'")
-        values[name] = Reading(_optional_number(item, "value"), _number(item, "t"), seq, cast(Quality, quality))
+        value, t_s = item.get("value"), item.get("t")
+        if value is not None and type(value) is not float:
+            value = _number(item, "value")
+        if type(t_s) is not float:
+            t_s = _number(item, "t")
+        values[name] = Reading(value, t_s, seq, quality)
     return Measurements(_number(body, "time"), values)
+
+
+def time_from_wire(body: Mapping[str, Any]) -> float:
+    """The plant time (s) of a reply (an ``advance`` reply is nothing else)."""
+    return _number(body, "time")
+
+
+def read_fields(names: tuple[str, ...] | None) -> dict[str, Any]:
+    """The fields of a ``read`` request of ``names`` (every device when None)."""
+    return {} if names is None else {"names": list(names)}
 
 
 def write_result_from_wire(body: Mapping[str, Any]) -> WriteResult:
@@ -164,13 +186,17 @@ class RequestPlant(ABC):
         self._counter = 0
 
     @abstractmethod
-    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> bytes:
-        """Send ``frame`` and return the reply frame whose id is ``request_id``.
+    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> Mapping[str, Any]:
+        """Send ``frame`` and return the reply whose id is ``request_id``, decoded by :func:`check_reply`.
 
         ``idempotent`` says whether the transport may resend the request on a timeout.
+
+        Raises:
+            ProtocolError: ``bad_reply`` (from :func:`check_reply`).
         """
 
-    def _call(self, op: str, fields: Mapping[str, Any], *, idempotent: bool = True) -> Mapping[str, Any]:
+    def _request(self, op: str, fields: Mapping[str, Any]) -> tuple[str, bytes]:
+        """A fresh request id and the request frame."""
         self._counter += 1
         request_id = f"{self._id_prefix}:{self._counter}"
         try:
@@ -178,7 +204,11 @@ class RequestPlant(ABC):
         except ValueError:
             # NaN/inf cannot be written as JSON; the plant would refuse them as not_finite anyway.
             raise ProtocolError(NOT_FINITE, f"{op}: a value is not a finite number") from None
-        _, body = check_reply(self._exchange(request_id, frame, idempotent=idempotent))
+        return request_id, frame
+
+    def _call(self, op: str, fields: Mapping[str, Any], *, idempotent: bool = True) -> Mapping[str, Any]:
+        request_id, frame = self._request(op, fields)
+        body = self._exchange(request_id, frame, idempotent=idempotent)
         raise_if_error(body)
         return body
 
@@ -188,8 +218,7 @@ class RequestPlant(ABC):
 
     def read(self, names: tuple[str, ...] | None = None) -> Measurements:
         """Latest reading of every (or the named) device; actuators report their applied value."""
-        fields = {} if names is None else {"names": list(names)}
-        return measurements_from_wire(self._call("read", fields))
+        return measurements_from_wire(self._call("read", read_fields(names)))
 
     def write(self, setpoints: Mapping[str, float], seq: int, valid_until_s: float | None = None) -> WriteResult:
         """Apply setpoints all or nothing; resending the same ``seq`` is safe (applied once).
@@ -211,7 +240,20 @@ class RequestPlant(ABC):
 
         Not idempotent, so never resent: on a timeout, :meth:`read` tells whether it happened.
         """
-        return _number(self._call("advance", {"dt": float(dt_s)}, idempotent=False), "time")
+        return time_from_wire(self._call("advance", {"dt": float(dt_s)}, idempotent=False))
+
+    def advance_and_read(self, dt_s: float, names: tuple[str, ...] | None = None) -> tuple[float, Measurements]:
+        """:meth:`advance`, then :meth:`read`: the new plant time and the readings right after it.
+
+        Here two exchanges; a transport that can send both requests before it waits
+        (:class:`hil.client.ZmqPlant`) waits for the plant once instead of twice. The plant serves them
+        in order, so the readings are those the advance left, as with the two calls.
+
+        Raises:
+            ProtocolError: the advance was refused (no reading is returned), or the read was.
+            PlantTimeout: no reply to the advance (never resent), or none to the read after retries.
+        """
+        return self.advance(dt_s), self.read(names)
 
     def heartbeat(self) -> tuple[float, PlantState]:
         """Tell the plant this client is alive (feeds its watchdog); return (plant time s, plant state)."""

@@ -67,7 +67,15 @@ from hil.protocol import (
 from plant_models.errors import BioimpError, ProtocolError
 from twin.interfaces import DeviceInfo, PlantState
 
-__all__ = ["INSECURE_WARNING", "MAX_ADVANCE_S", "ClockKind", "ProtocolHandler", "Security", "Telemetry"]
+__all__ = [
+    "INSECURE_WARNING",
+    "MAX_ADVANCE_S",
+    "ClockKind",
+    "LaterTelemetry",
+    "ProtocolHandler",
+    "Security",
+    "Telemetry",
+]
 
 log = logging.getLogger("bioimp.hil")
 
@@ -77,6 +85,8 @@ Security = Literal["curve", "none", "insecure"]
 INSECURE_WARNING = "no authentication or encryption on a network endpoint (--insecure)"
 #: A telemetry message to publish: (topic, payload).
 Telemetry = tuple[str, bytes]
+#: The telemetry of a request, built when called (see :meth:`ProtocolHandler.handle_deferred`).
+LaterTelemetry = Callable[[], list[Telemetry]]
 #: The longest span one ``advance`` may move a virtual clock (a year; a 14-day batch is 1.2e6 s). The span
 #: is integrated in one go and, with assays configured, sampled at every assay instant in it, all in the
 #: server's one thread: ``dt`` = 1e15 s held the plant server (and its watchdog) for hours, 1e308 s made
@@ -140,6 +150,9 @@ class ProtocolHandler:
         self._devices: dict[str, DeviceInfo] = {d.name: d for d in backend.devices()}
         self._clients: OrderedDict[bytes, _ClientSeq] = OrderedDict()
         self._max_clients = max_clients
+        #: Whether anyone listens to ``meas`` telemetry; when not, an ``advance`` does not build it (every
+        #: reading, as JSON). A server that knows its subscribers replaces it (:class:`hil.server.PlantServer`).
+        self.meas_listened: Callable[[], bool] = lambda: True
         backend.apply_safe()
 
     @property
@@ -162,44 +175,56 @@ class ProtocolHandler:
         Returns:
             The reply frame and the telemetry messages to publish (``meas`` after an ``advance``).
         """
+        reply, later = self.handle_deferred(client_id, frame)
+        return reply, later()
+
+    def handle_deferred(self, client_id: bytes, frame: bytes) -> tuple[bytes, LaterTelemetry]:
+        """:meth:`handle`, with the telemetry built only when the returned function is called.
+
+        A server sends the reply first and then calls it: the ``meas`` message of an ``advance`` (every
+        reading, as JSON) is then not part of the time the client waits. It must be called before the
+        next request is handled, so that it reports the state this request left.
+        """
         request_id = None
         try:
             request = decode_request(frame)
             request_id = request.id
-            fields, telemetry = self._dispatch(client_id, request)
-            return encode_reply(request_id, fields), telemetry
+            fields, later = self._dispatch(client_id, request)
+            return encode_reply(request_id, fields), later
         except RequestError as exc:
-            return encode_error(exc.request_id, exc.code, exc.message), []
+            return encode_error(exc.request_id, exc.code, exc.message), list
         except ProtocolError as exc:
             # A backend refusal with its own code (a gateway's readback mismatch, a driver that is down,
             # a rate limit): nothing was applied; the client gets the code, not a generic failure.
             code = exc.code if exc.code in ERROR_CODES else INTERNAL
             log.warning("backend refused: %s", exc)
-            return encode_error(request_id, code, exc.message), self.backend_events()
+            events = self.backend_events()
+            return encode_error(request_id, code, exc.message), lambda: events
         except BioimpError as exc:
             # The backend failed (e.g. the integrator diverged): report it, keep serving.
             log.error("backend failed: %s", exc)
-            return encode_error(request_id, INTERNAL, f"plant backend failed: {exc}"), []
+            return encode_error(request_id, INTERNAL, f"plant backend failed: {exc}"), list
         except Exception as exc:  # a bug must not stop the plant server
             log.exception("unexpected error while handling a request")
-            return encode_error(request_id, INTERNAL, f"internal error: {type(exc).__name__}"), []
+            return encode_error(request_id, INTERNAL, f"internal error: {type(exc).__name__}"), list
 
-    def _dispatch(self, client_id: bytes, request: Request) -> tuple[dict[str, Any], list[Telemetry]]:
-        if isinstance(request, Hello):
-            return self._hello(), []
+    def _dispatch(self, client_id: bytes, request: Request) -> tuple[dict[str, Any], LaterTelemetry]:
+        # ``list`` (called: an empty list) is the telemetry of every request but advance and arm.
         if isinstance(request, Read):
-            return self._read(request), []
+            return self._read(request), list
         if isinstance(request, Write):
-            return self._write(client_id, request), []
+            return self._write(client_id, request), list
         if isinstance(request, Advance):
-            return self._advance(request)
+            return self._advance(request), self._meas
+        if isinstance(request, Hello):
+            return self._hello(), list
         if isinstance(request, Heartbeat):
             self._feed()
-            return {"time": self.backend.time_s, "state": self._state}, []
+            return {"time": self.backend.time_s, "state": self._state}, list
         if isinstance(request, Arm):
             telemetry = self.arm("armed by operator request")
             self._feed()
-            return {"time": self.backend.time_s, "state": self._state}, telemetry
+            return {"time": self.backend.time_s, "state": self._state}, lambda: telemetry
         raise AssertionError(f"unhandled request type {type(request).__name__}")
 
     def _hello(self) -> dict[str, Any]:
@@ -278,7 +303,7 @@ class ProtocolHandler:
         while len(self._clients) > self._max_clients:
             self._clients.popitem(last=False)
 
-    def _advance(self, request: Advance) -> tuple[dict[str, Any], list[Telemetry]]:
+    def _advance(self, request: Advance) -> dict[str, Any]:
         rid = request.id
         if self.clock != "virtual":
             raise RequestError(UNSUPPORTED, "advance needs a virtual clock; this plant runs in real time", rid)
@@ -288,8 +313,10 @@ class ProtocolHandler:
             raise RequestError(OUT_OF_RANGE, f"'dt' must be >= 0 s, got {request.dt_s}", rid)
         if request.dt_s > MAX_ADVANCE_S:
             raise RequestError(OUT_OF_RANGE, f"'dt' must be <= {MAX_ADVANCE_S:g} s (a year), got {request.dt_s:g}", rid)
-        time_s = self.backend.advance(request.dt_s)
-        return {"time": time_s}, [self.sample()]
+        return {"time": self.backend.advance(request.dt_s)}
+
+    def _meas(self) -> list[Telemetry]:
+        return [self.sample()] if self.meas_listened() else []
 
     # ----------------------------------------------------------------------------------------------
     # Called by the server (real-time clock) and, from the watchdog issue on, by the watchdog.

@@ -13,9 +13,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from hil.client_base import RequestPlant
+from hil.client_base import RequestPlant, check_reply
 from hil.handler import ProtocolHandler
 
 __all__ = ["InProcessPlant"]
@@ -42,12 +43,12 @@ class InProcessPlant(RequestPlant):
         self.client_id = client_id
         self._on_telemetry = on_telemetry
 
-    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> bytes:
+    def _exchange(self, request_id: str, frame: bytes, *, idempotent: bool) -> Mapping[str, Any]:
         reply, telemetry = self.handler.handle(self.client_id, frame)
         if self._on_telemetry is not None:
             for topic, payload in telemetry:
                 self._on_telemetry(topic, payload)
-        return reply
+        return check_reply(reply)[1]
 
     def close(self) -> None:
         """Nothing to release: the handler belongs to whoever made it."""

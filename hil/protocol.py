@@ -198,6 +198,10 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: One decoder for every request (``json.loads`` with a hook builds a new one per call).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
 def _short(value: object, limit: int = 60) -> str:
     """repr() cut to ``limit`` characters, so an error message never echoes a huge input."""
     text = repr(value)
@@ -249,7 +253,9 @@ def decode_request(frame: bytes) -> Request:
     except UnicodeDecodeError:
         raise RequestError(BAD_REQUEST, "frame is not UTF-8") from None
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        if text.startswith("\ufeff"):  # as json.loads: a BOM is not JSON
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        obj = _DECODER.decode(text)
     except _DuplicateKey as exc:
         raise RequestError(BAD_REQUEST, f"invalid JSON object: {exc}") from None
     except (ValueError, RecursionError) as exc:

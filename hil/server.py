@@ -28,8 +28,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from hil.backend import PlantBackend
-from hil.handler import INSECURE_WARNING, ClockKind, ProtocolHandler, Security, Telemetry
-from hil.protocol import BAD_REQUEST, encode_error, split_envelope
+from hil.handler import INSECURE_WARNING, ClockKind, LaterTelemetry, ProtocolHandler, Security, Telemetry
+from hil.protocol import BAD_REQUEST, TOPIC_MEAS, encode_error, split_envelope
 from hil.security import ServerKeys, is_local_endpoint, start_authenticator
 from plant_models.errors import BioimpError, ScenarioError
 from plant_models.registry import resolve_model
@@ -57,6 +57,7 @@ _PROG = "bioimp plant serve"
 _POLL_S = 0.1  # longest poll: how quickly a stop request is noticed
 DEFAULT_WATCHDOG_S = 5.0
 _MAX_BATCH = 100  # requests served per poll wake-up before the clock and telemetry get a turn
+_MEAS = TOPIC_MEAS.encode()
 #: The largest request frame a server accepts (1 MiB); a client sending more is disconnected, unanswered.
 MAX_REQUEST_BYTES = 1 << 20
 
@@ -189,7 +190,12 @@ class PlantServer:
         self.idle_exit_s = idle_exit_s
         ctx = context if context is not None else zmq.Context.instance()
         self._router: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
-        self._pub: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        # XPUB, not PUB: the same to subscribers, but it hands the server their subscriptions, so that
+        # the meas of an advance (every reading, as JSON) is not built when nobody subscribes to it.
+        self._pub: zmq.Socket[bytes] = ctx.socket(zmq.XPUB)
+        self._pub_poller = zmq.Poller()
+        self._pub_poller.register(self._pub, zmq.POLLIN)
+        self._topics: set[bytes] = set()  # the topic prefixes subscribed to
         self._stop = threading.Event()
         try:
             for sock in (self._router, self._pub):
@@ -210,6 +216,7 @@ class PlantServer:
             raise
         self.command = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.telemetry = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        handler.meas_listened = self._meas_listened
 
     def stop(self) -> None:
         """Ask :meth:`run` to return (safe from a signal handler or another thread)."""
@@ -233,6 +240,8 @@ class PlantServer:
                 self.handler.advance_to(plant0 + (time.monotonic() - wall0) * scale)
 
         last_request = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
         while not self._stop.is_set():
             if self.idle_exit_s is not None and time.monotonic() - last_request > self.idle_exit_s:
                 log.warning("no request for %g s: stopping (--idle-exit)", self.idle_exit_s)
@@ -243,7 +252,7 @@ class PlantServer:
             deadline = self.handler.watchdog_deadline()
             if deadline is not None:
                 timeout_s = min(timeout_s, max(0.0, deadline - time.monotonic()))
-            if self._router.poll(round(timeout_s * 1000), zmq.POLLIN):
+            if poller.poll(round(timeout_s * 1000)):
                 for _ in range(_MAX_BATCH):
                     try:
                         frames = self._router.recv_multipart(zmq.NOBLOCK)
@@ -252,6 +261,8 @@ class PlantServer:
                     sync()
                     self._serve(frames)
                     last_request = time.monotonic()
+                    if not poller.poll(0):
+                        break  # nothing more has arrived (cheaper to ask than to fail a receive)
             # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
             # so that a feed that arrived during the wait counts.
             self._publish(self.handler.check_watchdog())
@@ -260,7 +271,8 @@ class PlantServer:
                 sync()
                 now = time.monotonic()
                 if now >= next_sample:
-                    self._publish([self.handler.sample()])
+                    if self._meas_listened():
+                        self._publish([self.handler.sample()])
                     # Keep the period; after a long stall, restart it instead of bursting.
                     next_sample += self.sample_period_s
                     if next_sample <= now:
@@ -269,14 +281,30 @@ class PlantServer:
     def _serve(self, frames: list[bytes]) -> None:
         client_id, rest = frames[0], frames[1:]
         delimited, payload = split_envelope(rest)
+        later: LaterTelemetry = list
         if payload is None:
             message = f"expected one frame (after an optional empty one), got {len(rest)}"
             reply = encode_error(None, BAD_REQUEST, message)
-            telemetry: list[Telemetry] = []
         else:
-            reply, telemetry = self.handler.handle(client_id, payload)
+            reply, later = self.handler.handle_deferred(client_id, payload)
         self._router.send_multipart([client_id, b"", reply] if delimited else [client_id, reply])
-        self._publish(telemetry)
+        # The telemetry (an advance's meas: every reading as JSON) is built once the client has its reply.
+        self._publish(later())
+
+    def _meas_listened(self) -> bool:
+        """Whether a subscriber would get a ``meas`` message now.
+
+        XPUB passes on the first subscription to a prefix and the last unsubscription from it (also
+        when a subscriber goes away); they are taken in here, just before publishing, as a PUB socket
+        would take them in when sending.
+        """
+        while self._pub_poller.poll(0):
+            message = self._pub.recv()
+            if message[:1] == b"\x01":
+                self._topics.add(message[1:])
+            elif message[:1] == b"\x00":
+                self._topics.discard(message[1:])
+        return any(_MEAS.startswith(prefix) for prefix in self._topics)
 
     def _publish(self, telemetry: list[Telemetry]) -> None:
         for topic, payload in telemetry:

@@ -101,6 +101,7 @@ class SimulatedPlant:
         self.true_params: FloatArray = self._p.copy()
         self.true_state: FloatArray = np.array(spec.vector("states", {**spec.x0, **(x0 or {})}))
         self._u = np.array([spec.input_safe[n] for n in spec.inputs])
+        self._input_index = {n: i for i, n in enumerate(spec.inputs)}
         self.time_s = 0.0
         #: Plant seconds per wall second when served on a real-time clock (``plant serve --time-scale``).
         self.time_scale = 1.0
@@ -108,6 +109,7 @@ class SimulatedPlant:
         noise = dict(process_noise or {})
         spec.vector("states", {**dict.fromkeys(spec.states, 0.0), **noise})  # rejects unknown names
         self._noise_std = np.array([float(noise.get(n, 0.0)) for n in spec.states])
+        self._noisy = bool(np.any(self._noise_std > 0))
         self._rng_process = np.random.default_rng([seed, 1])
         self._rng_sensor = np.random.default_rng([seed, 2])
         self.sensors = sensors
@@ -165,7 +167,7 @@ class SimulatedPlant:
         The caller (the protocol layer) has already checked names, finiteness and limits.
         """
         for name, value in setpoints.items():
-            self._u[self.spec.inputs.index(name)] = float(value)
+            self._u[self._input_index[name]] = float(value)
         return self.applied()
 
     def applied(self) -> dict[str, float]:
@@ -213,8 +215,8 @@ class SimulatedPlant:
         self.true_state = self._sim.step(self.true_state, self._u, self._p, dt)
         if self.sensors is not None:
             for name, src in self.sensors.totalizers.items():
-                self._totals[name] += float(self._u[self.spec.inputs.index(src)]) * dt
-        if np.any(self._noise_std > 0):
+                self._totals[name] += float(self._u[self._input_index[src]]) * dt
+        if self._noisy:
             s = self._noise_std
             z = self._rng_process.standard_normal(self.spec.nx)
             self.true_state = self.true_state * np.exp(s * math.sqrt(dt) * z - 0.5 * s * s * dt)

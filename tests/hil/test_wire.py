@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from hil.client import TelemetrySubscriber, ZmqPlant
-from hil.launch import PlantProcess
+from hil.handler import ProtocolHandler
+from hil.inprocess import InProcessPlant
+from hil.launch import PlantProcess, spawn_plant_server
+from hil.server import PlantServer
 from plant_models.errors import ProtocolError
+from plant_models.registry import resolve_model
+from tests.hil.conftest import NO_WATCHDOG
 from tests.hil.rawclient import RawClient
+from twin.simulated_plant import SimulatedPlant
 
 HELLO = b'{"v":1,"id":"h","op":"hello"}'
 
@@ -253,3 +260,90 @@ def test_realtime_plant_follows_the_wall_clock_and_samples(realtime_server: Plan
         assert 0.02 < t2 - t1 < 1.0
         assert rt.read().time_s >= t2
         assert second.measurements().values["X_s"].t_s == t2
+
+
+# ------------------------------------------------------------------------------------------------
+# advance_and_read: advance and read with one wait
+
+
+def test_advance_and_read_gives_exactly_what_advance_then_read_give() -> None:
+    # Its own server (the shared one's time depends on the other tests), against the same plant driven
+    # in process with the two separate calls.
+    reference = InProcessPlant(ProtocolHandler(SimulatedPlant(resolve_model("fedbatch_haldane"))))
+    with spawn_plant_server("fedbatch_haldane", extra_args=NO_WATCHDOG) as server, ZmqPlant(server.command) as plant:
+        for seq, (feed, dt) in enumerate([(0.02, 600.0), (0.1, 3600.0), (0.0, 0.0), (0.05, 1800.0)], 1):
+            assert plant.write({"inp": feed}, seq) == reference.write({"inp": feed}, seq)
+            t_s, meas = plant.advance_and_read(dt)
+            assert (t_s, meas) == (reference.advance(dt), reference.read())
+            assert meas.time_s == t_s and meas == plant.read()  # the readings the advance left
+        t_s, some = plant.advance_and_read(60.0, names=("X_s",))
+        assert list(some.values) == ["X_s"] and some == reference.advance_and_read(60.0, ("X_s",))[1]
+
+
+def test_advance_and_read_raises_a_refused_advance_and_drops_the_read(plant: ZmqPlant) -> None:
+    before = plant.read().time_s
+    with pytest.raises(ProtocolError) as info:
+        plant.advance_and_read(-1.0)
+    assert info.value.code == "out_of_range"
+    # The read's reply arrived after the error: it is dropped as a late reply, not taken for the next one.
+    assert plant.heartbeat()[0] == before
+    assert plant.read().time_s == before
+    with pytest.raises(ProtocolError) as info:
+        plant.advance_and_read(10.0, names=("no_such_device",))
+    assert info.value.code == "unknown_device"
+    assert plant.read().time_s == before + 10.0  # the advance itself was served
+
+
+# ------------------------------------------------------------------------------------------------
+# Telemetry nobody subscribes to is not built
+
+
+def test_meas_is_built_only_while_someone_subscribes_to_it() -> None:
+    handler = ProtocolHandler(SimulatedPlant(resolve_model("fedbatch_haldane")))
+    built: list[float] = []
+    sample = handler.sample
+
+    def counted_sample() -> tuple[str, bytes]:
+        built.append(handler.backend.time_s)
+        return sample()
+
+    handler.sample = counted_sample  # type: ignore[method-assign]
+    server = PlantServer(handler, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        with ZmqPlant(server.command) as plant, TelemetrySubscriber(server.telemetry, topics=("event",)):
+            for _ in range(20):
+                plant.advance(1.0)
+            plant.read()  # served after the last advance's telemetry: a barrier
+            assert built == []  # only events are subscribed to
+            with TelemetrySubscriber(server.telemetry, topics=("me",)) as sub:  # a prefix of "meas"
+                for _ in range(200):
+                    plant.advance(1.0)
+                    if sub.receive(timeout_s=0.05) is not None:
+                        break
+                else:
+                    pytest.fail("no meas message after 200 advances")
+                while sub.receive(timeout_s=0.0) is not None:
+                    pass  # drain what is in flight
+                count = len(built)
+                t_s = plant.advance(1.0)
+                msg = sub.receive(timeout_s=5.0)
+                while msg is not None and msg.measurements().time_s < t_s:
+                    msg = sub.receive(timeout_s=5.0)  # one still in flight before this advance
+                assert msg is not None and msg.measurements().time_s == t_s and len(built) == count + 1
+            # The unsubscription reaches the server some time after the subscriber has gone.
+            for _ in range(200):
+                count = len(built)
+                for _ in range(10):
+                    plant.advance(1.0)
+                plant.read()
+                if len(built) == count:
+                    break
+            else:
+                pytest.fail("meas still built 2000 advances after its subscriber left")
+    finally:
+        server.stop()
+        thread.join(timeout=10.0)
+        server.close()
+    assert not thread.is_alive()
