@@ -231,9 +231,9 @@ def finish_batch(
         figures.submit(out_dir / "trajectory.png", trajectory_figure(spec, traj, title))
         harvest: dict[str, object] = {}
         if batch_figure and scenario.plant.sensors is not None:
-            # Instruments, not states: estimate, assays and (our own plant only) the replayed truth. The
-            # replay is the longest part: started first, the KPIs and the CSV below are written while the
-            # worker draws.
+            # Instruments, not states: estimate, assays and (our own plant only) the replayed truth, ready
+            # at once from a replay that ran beside the loop. The KPIs and the CSV below are written while
+            # the workers draw.
             truth = _truth(scenario, history, replay) if own_plant else None
             figures.submit(out_dir / "batch.png", batch_figure_spec(scenario, history, truth))
             harvest = harvest_kpis(scenario, history, None if truth is None else truth[1])

@@ -16,6 +16,7 @@ keeps the spikes.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 from collections.abc import Sequence
@@ -137,8 +138,8 @@ def _label(ax: Axes, panel: Panel) -> None:
         ax.set_ylabel(panel.ylabel, color=panel.ylabel_colour)
 
 
-def render(path: Path, spec: FigureSpec) -> None:
-    """Draw ``spec`` and save it as a PNG at ``path``."""
+def render(path: Path | IO[bytes], spec: FigureSpec) -> None:
+    """Draw ``spec`` and save it as a PNG at ``path`` (a file name or a binary file)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -171,12 +172,24 @@ def render(path: Path, spec: FigureSpec) -> None:
     fig.savefig(path, dpi=spec.dpi)
 
 
-def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
-    """The worker's loop: ``(path, spec)`` pickles in, one ``ok``/error line out per figure, until EOF."""
-    # Paid at once, while the parent is still reading the record.
-    import matplotlib.backends.backend_agg
-    import matplotlib.figure  # noqa: F401
+def _warm_up() -> None:
+    t = np.linspace(0.0, 1.0, 50)
+    panel = Panel(
+        "x\n[g/L]",
+        (Series(t, t, "tab:blue", "x"), Band(t, t, t + 1.0, "tab:blue"), Series(t, t, "tab:blue", "x", "dots")),
+        legend=True,
+        right=Panel("u", (Series(t, t, "tab:brown", style="step"),), ylabel_colour="tab:brown"),
+    )
+    render(io.BytesIO(), FigureSpec("±2σ", "time [h]", (panel,), 2.0, 1.0, 0.5, 30))
 
+
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    """The worker's loop: ``(path, spec)`` pickles in, one ``ok``/error line out per figure, until EOF.
+
+    Before waiting for the first figure it draws a tiny one into memory: matplotlib's import and its
+    first-use costs (fonts, text layout, the PNG encoder) are paid while the parent is still busy.
+    """
+    _warm_up()
     while True:
         try:
             path, spec = pickle.load(stdin)
