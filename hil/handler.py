@@ -316,7 +316,13 @@ class ProtocolHandler:
         return {"time": self.backend.advance(request.dt_s)}
 
     def _meas(self) -> list[Telemetry]:
-        return [self.sample()] if self.meas_listened() else []
+        if not self.meas_listened():
+            return []
+        try:
+            return [self.sample()]
+        except Exception:  # the reply has gone already; a failed reading must not stop the plant server
+            log.exception("could not build the meas telemetry after an advance")
+            return []
 
     # ----------------------------------------------------------------------------------------------
     # Called by the server (real-time clock) and, from the watchdog issue on, by the watchdog.

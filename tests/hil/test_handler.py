@@ -129,6 +129,19 @@ def test_advance_integrates_and_publishes_the_read_payload_as_meas(handler: Prot
     assert json.loads(payload) == {"v": 1, "time": read["time"], "values": read["values"]}
 
 
+def test_advance_whose_readings_fail_is_answered_without_meas(
+    handler: ProtocolHandler, tank: SimulatedPlant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The meas is built after the reply (handle_deferred): a failure there must neither turn the served
+    # advance into an error nor stop the server, which keeps serving.
+    reply, later = handler.handle_deferred(b"c", b'{"v":1,"id":1,"op":"advance","dt":5.0}')
+    assert json.loads(reply)["time"] == 5.0
+    with monkeypatch.context() as patch:
+        patch.setattr(tank, "read", lambda names=None: 1 / 0)
+        assert later() == []
+    assert _call(handler, {"op": "read"})["time"] == 5.0
+
+
 @pytest.mark.parametrize(("dt", "code"), [(-1.0, "out_of_range"), (math.inf, "not_finite"), (math.nan, "not_finite")])
 def test_bad_advance_leaves_time_alone(handler: ProtocolHandler, tank: SimulatedPlant, dt: float, code: str) -> None:
     reply, telemetry = handler.handle(b"c", json.dumps({"v": 1, "id": 1, "op": "advance", "dt": dt}).encode())
