@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import secrets
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"{out} already holds a batch record; continue it with --resume {out} or choose another --out"
                 )
             endpoint, telemetry = args.plant, args.telemetry
+            own_server: subprocess.Popen[bytes] | None = None
             if endpoint is None:
                 tolerances = ("--rtol", repr(scenario.plant.rtol), "--atol", repr(scenario.plant.atol))
                 # The server reads the scenario's [plant] too: seed, mismatch, sensors (twin.plant_setup).
@@ -121,9 +123,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
                 process = stack.enter_context(server)
                 endpoint, telemetry = process.command, process.telemetry
+                own_server = process.process
             identity = b"bioimp-" + secrets.token_hex(8).encode()
             plant = stack.enter_context(connect(endpoint, identity))
             setup = BatchSetup(operator=operator, plant_endpoint=endpoint, plant_client_id=identity.hex())
+
+            def plant_done() -> None:
+                """After the loop our own plant is no longer needed: it shuts down while the run directory
+                is written (heartbeats stopped first: its watchdog has nothing left to guard); leaving the
+                block then only reaps it."""
+                if own_server is not None:
+                    for beat in heartbeats:
+                        beat.stop()
+                    own_server.terminate()
+
             # With instruments the run directory gets batch.png (estimate, assays and, against our own
             # plant, the replayed truth) and a two-level batch's harvest (twin.batch.finish_batch).
             result = run_batch(
@@ -135,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 console=console,
                 batch_figure=True,
                 own_plant=args.plant is None,
+                after_loop=plant_done,
             )
             if scenario.plant.sensors is not None:
                 print(f"figure    {out}/batch.png")

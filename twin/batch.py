@@ -290,13 +290,15 @@ def run_batch(
     console: LoopConsole | None = None,
     batch_figure: bool = False,
     own_plant: bool = False,
+    after_loop: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run the scenario's batch against ``plant``, recorded durably in ``out_dir/record.sqlite``.
 
     Durability follows the plant's clock: ``full`` for a real-time plant, ``normal`` for a virtual one.
     A ``console`` (the operator channel) sees every controller step and serves operator requests once
     per period, in the loop's thread (:mod:`twin.console`). ``batch_figure`` and ``own_plant``: what the
-    run directory gets besides the summary and the trajectory (:func:`finish_batch`).
+    run directory gets besides the summary and the trajectory (:func:`finish_batch`). ``after_loop`` is
+    called once the loop has ended, before the run directory is written (the plant is no longer needed).
 
     Raises:
         RecordError: ``out_dir`` already holds a batch record.
@@ -349,6 +351,8 @@ def run_batch(
                 plant_events=plant_events,
                 between_steps=None if console is None else console.poll,
             )
+            if after_loop is not None:
+                after_loop()
             return finish_batch(
                 record,
                 scenario,
