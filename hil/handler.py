@@ -153,6 +153,8 @@ class ProtocolHandler:
         #: Whether anyone listens to ``meas`` telemetry; when not, an ``advance`` does not build it (every
         #: reading, as JSON). A server that knows its subscribers replaces it (:class:`hil.server.PlantServer`).
         self.meas_listened: Callable[[], bool] = lambda: True
+        self._advance_dt_s: float | None = None  # the last advance's span; an advance of it may follow a write
+        self._after_write = False
         backend.apply_safe()
 
     @property
@@ -213,7 +215,9 @@ class ProtocolHandler:
         if isinstance(request, Read):
             return self._read(request), list
         if isinstance(request, Write):
-            return self._write(client_id, request), list
+            fields = self._write(client_id, request)
+            self._after_write = True
+            return fields, list
         if isinstance(request, Advance):
             return self._advance(request), self._meas
         if isinstance(request, Hello):
@@ -313,7 +317,28 @@ class ProtocolHandler:
             raise RequestError(OUT_OF_RANGE, f"'dt' must be >= 0 s, got {request.dt_s}", rid)
         if request.dt_s > MAX_ADVANCE_S:
             raise RequestError(OUT_OF_RANGE, f"'dt' must be <= {MAX_ADVANCE_S:g} s (a year), got {request.dt_s:g}", rid)
-        return {"time": self.backend.advance(request.dt_s)}
+        self._after_write = False
+        time_s = self.backend.advance(request.dt_s)
+        self._advance_dt_s = request.dt_s
+        return {"time": time_s}
+
+    def work_ahead(self) -> None:
+        """Use a server's idle moment: after a write, integrate ahead the advance that usually follows.
+
+        A virtual-clock loop writes its setpoints and then advances by its period; a backend that can
+        (``prepare_advance``, the simulated plant) integrates that span now, while the client records
+        the write's reply, so that the advance's reply is not kept waiting for it. The advance's result
+        is the same either way. At most once per write.
+        """
+        if not self._after_write or self._advance_dt_s is None or self.clock != "virtual":
+            return
+        self._after_write = False
+        prepare = getattr(self.backend, "prepare_advance", None)
+        if prepare is not None:
+            try:
+                prepare(self._advance_dt_s)
+            except Exception:  # only ever a head start: the advance does the work itself if this fails
+                log.exception("integrating ahead failed")
 
     def _meas(self) -> list[Telemetry]:
         if not self.meas_listened():

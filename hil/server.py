@@ -262,7 +262,10 @@ class PlantServer:
                     self._serve(frames)
                     last_request = time.monotonic()
                     if not poller.poll(0):
-                        break  # nothing more has arrived (cheaper to ask than to fail a receive)
+                        # Nothing more has arrived (cheaper to ask than to fail a receive): the moment to
+                        # integrate ahead the advance a write is usually followed by.
+                        self.handler.work_ahead()
+                        break
             # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
             # so that a feed that arrived during the wait counts.
             self._publish(self.handler.check_watchdog())

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from plant_models.errors import SolverFailed
 from plant_models.spec import ModelSpec
 from twin.interfaces import DeviceInfo, FloatArray, Reading
 from twin.sensors import SensorConfig, SensorDevice
@@ -106,6 +107,8 @@ class SimulatedPlant:
         #: Plant seconds per wall second when served on a real-time clock (``plant serve --time-scale``).
         self.time_scale = 1.0
         self._sample_seq = 0
+        # An integration done ahead by prepare_advance: (what it started from and spans, the state it reached).
+        self._ahead: tuple[tuple[float, float, bytes, bytes], FloatArray] | None = None
         noise = dict(process_noise or {})
         spec.vector("states", {**dict.fromkeys(spec.states, 0.0), **noise})  # rejects unknown names
         self._noise_std = np.array([float(noise.get(n, 0.0)) for n in spec.states])
@@ -205,6 +208,30 @@ class SimulatedPlant:
         self._sample_seq += 1
         return self.time_s
 
+    def prepare_advance(self, dt_s: float) -> None:
+        """Integrate ahead, changing nothing, the first segment of an ``advance(dt_s)`` expected next.
+
+        A plant server calls it while it waits for the next request (after a write, a loop's next
+        request is the advance of its period). That advance takes the result only if it integrates
+        exactly this segment, from exactly this state with these inputs; otherwise it integrates afresh.
+        Either way its result is the same, bit for bit.
+        """
+        t_to_s = self.time_s + dt_s
+        if self.sensors is not None:
+            t_to_s = min(self._event_times(self.time_s, t_to_s), default=t_to_s)
+        dt_s = t_to_s - self.time_s
+        if dt_s <= 0.0:
+            return
+        try:
+            x_next = self._sim.step(self.true_state, self._u, self._p, dt_s / self.spec.seconds_per_time_unit)
+        except SolverFailed:
+            return  # the advance itself will fail, and say so
+        self._ahead = (self._segment(t_to_s), x_next)
+
+    def _segment(self, t_to_s: float) -> tuple[float, float, bytes, bytes]:
+        """What an integration to ``t_to_s`` from now depends on (the true parameters never change)."""
+        return self.time_s, t_to_s, self.true_state.tobytes(), self._u.tobytes()
+
     # --- integration -------------------------------------------------------------------------------
 
     def _integrate(self, t_to_s: float) -> None:
@@ -212,7 +239,11 @@ class SimulatedPlant:
         if dt_s <= 0.0:
             return
         dt = dt_s / self.spec.seconds_per_time_unit
-        self.true_state = self._sim.step(self.true_state, self._u, self._p, dt)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == self._segment(t_to_s):
+            self.true_state = ahead[1]  # prepare_advance integrated this very segment
+        else:
+            self.true_state = self._sim.step(self.true_state, self._u, self._p, dt)
         if self.sensors is not None:
             for name, src in self.sensors.totalizers.items():
                 self._totals[name] += float(self._u[self._input_index[src]]) * dt

@@ -142,6 +142,29 @@ def test_advance_whose_readings_fail_is_answered_without_meas(
     assert _call(handler, {"op": "read"})["time"] == 5.0
 
 
+def test_work_ahead_prepares_the_last_advance_after_a_write_only(
+    handler: ProtocolHandler, tank: SimulatedPlant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared: list[float] = []
+    monkeypatch.setattr(tank, "prepare_advance", prepared.append)
+    write = {"op": "write", "setpoints": {"heat": 5.0}}
+    _call(handler, {**write, "seq": 1})
+    handler.work_ahead()
+    assert prepared == []  # no advance yet: no span to expect
+    _call(handler, {"op": "advance", "dt": 7.5})
+    _call(handler, {"op": "read"})
+    handler.work_ahead()
+    assert prepared == []  # not after a read
+    _call(handler, {**write, "seq": 2})
+    handler.work_ahead()
+    handler.work_ahead()
+    assert prepared == [7.5]  # once per write
+    _call(handler, {"op": "advance", "dt": 7.5})
+    assert _code(_call(handler, {**write, "seq": 1})) == "stale"
+    handler.work_ahead()
+    assert prepared == [7.5]  # not after a refused write
+
+
 @pytest.mark.parametrize(("dt", "code"), [(-1.0, "out_of_range"), (math.inf, "not_finite"), (math.nan, "not_finite")])
 def test_bad_advance_leaves_time_alone(handler: ProtocolHandler, tank: SimulatedPlant, dt: float, code: str) -> None:
     reply, telemetry = handler.handle(b"c", json.dumps({"v": 1, "id": 1, "op": "advance", "dt": dt}).encode())
