@@ -4,9 +4,9 @@ A run directory's figures (:mod:`twin.outputs`' trajectory.png, :mod:`twin.batch
 are described as a :class:`FigureSpec` (numpy arrays and strings, nothing of the model or the record)
 and drawn by :func:`render`. The description is cheap to build and to pickle; the drawing is where the
 time goes (matplotlib's import alone is most of a second), so ``bioimp run`` hands it to
-:class:`twin.figure_worker.FigureWorker`, a child process (``python -m twin.figures``, :func:`serve`)
-that imports matplotlib while the parent still reads the record, and draws on the second core while
-the parent replays the plant. This module imports only numpy, so the child starts quickly.
+:class:`twin.figure_worker.FigureWorker`: child processes (``python -m twin.figures``, :func:`serve`)
+started with the batch, which import matplotlib and warm it up while the loop runs, then draw one
+figure each, at once, when it has ended. This module imports only numpy, so a child starts quickly.
 
 Drawing is kept cheap: matplotlib's object API on the Agg canvas (no pyplot, no GUI backend), and fixed
 margins in inches instead of ``tight_layout``, which draws every tick label once more only to measure it.
