@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -263,7 +264,11 @@ class PlantServer:
                     last_request = time.monotonic()
                     if not poller.poll(0):
                         # Nothing more has arrived (cheaper to ask than to fail a receive): the moment to
-                        # integrate ahead the advance a write is usually followed by.
+                        # integrate ahead the advance a write is usually followed by. First yield the CPU:
+                        # the reply just sent leaves through this process's I/O thread, and on a busy
+                        # machine the integration would otherwise hold it back (measured: the writes'
+                        # wait in a whole batch rose by 1.1 s without the yield).
+                        os.sched_yield()
                         self.handler.work_ahead()
                         break
             # The watchdog runs on the wall clock whatever the plant clock; checked after the requests
