@@ -28,7 +28,7 @@ from twin.resume import RESUME_EVENTS
 from twin.scenario import HALDANE_SCENARIO
 
 KILLS = int(os.environ.get("BIOIMP_KILL_POINTS", "20"))
-STEPS = max(30, 2 * KILLS)  # room for the kill points (each kill lands up to a step after its target)
+STEPS = max(30, 3 * KILLS)  # room for the kill points: each lands up to a few steps after its target (fast loop)
 # Events that only an interrupted run has (they document the outage).
 OUTAGE_EVENTS = set(RESUME_EVENTS)
 
