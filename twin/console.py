@@ -13,8 +13,8 @@ from typing import Protocol, runtime_checkable
 
 from plant_models.spec import ModelSpec
 from twin.batch_record import BatchRecord
-from twin.interfaces import Controller, ControlStep, Estimate, Measurements, Plant, PlantState
-from twin.record import EventRow, Recorder, SetpointRow
+from twin.interfaces import Controller, ControlStep, Plant, PlantState
+from twin.record import Recorder, RecorderTap
 
 __all__ = ["Armable", "ConsoleTap", "LiveBatch", "LoopConsole"]
 
@@ -55,31 +55,15 @@ class LoopConsole(Protocol):
         ...
 
 
-class ConsoleTap:
+class ConsoleTap(RecorderTap):
     """A :class:`Recorder` that forwards everything to ``inner`` and shows each controller step to ``console``."""
 
     def __init__(self, inner: Recorder, console: LoopConsole) -> None:
         """Args: inner: the batch record; console: who sees the controller steps."""
-        self.inner = inner
+        super().__init__(inner)
         self.console = console
-
-    def measurements(self, step: int, meas: Measurements) -> None:
-        """Forward."""
-        self.inner.measurements(step, meas)
-
-    def estimate(self, step: int, est: Estimate) -> None:
-        """Forward."""
-        self.inner.estimate(step, est)
 
     def control(self, step: int, t_s: float, result: ControlStep) -> None:
         """Forward, then show the step to the console."""
         self.inner.control(step, t_s, result)
         self.console.plan(step, t_s, result)
-
-    def setpoint(self, row: SetpointRow) -> None:
-        """Forward."""
-        self.inner.setpoint(row)
-
-    def event(self, row: EventRow) -> None:
-        """Forward."""
-        self.inner.event(row)

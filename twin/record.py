@@ -61,6 +61,34 @@ class Recorder(Protocol):
         ...
 
 
+class RecorderTap:
+    """A :class:`Recorder` that forwards every row to ``inner``; a tap overrides the rows it also watches."""
+
+    def __init__(self, inner: Recorder) -> None:
+        """Args: inner: where every row goes."""
+        self.inner = inner
+
+    def measurements(self, step: int, meas: Measurements) -> None:
+        """Forward."""
+        self.inner.measurements(step, meas)
+
+    def estimate(self, step: int, est: Estimate) -> None:
+        """Forward."""
+        self.inner.estimate(step, est)
+
+    def control(self, step: int, t_s: float, result: ControlStep) -> None:
+        """Forward."""
+        self.inner.control(step, t_s, result)
+
+    def setpoint(self, row: SetpointRow) -> None:
+        """Forward."""
+        self.inner.setpoint(row)
+
+    def event(self, row: EventRow) -> None:
+        """Forward."""
+        self.inner.event(row)
+
+
 @dataclass
 class MemoryRecord:
     """Everything recorded, kept in lists (index = arrival order)."""

@@ -30,8 +30,8 @@ from typing import IO, Any
 import numpy as np
 
 from plant_models.errors import BioimpError
-from twin.interfaces import ControlStep, Estimate, FloatArray, Measurements
-from twin.record import EventRow, Recorder, SetpointRow
+from twin.interfaces import FloatArray
+from twin.record import Recorder, RecorderTap, SetpointRow
 from twin.scenario import Scenario, parse_scenario
 
 __all__ = ["ReplayError", "ReplayTap", "TruthReplay", "serve"]
@@ -110,35 +110,19 @@ class TruthReplay:
             proc.wait()
 
 
-class ReplayTap:
+class ReplayTap(RecorderTap):
     """A :class:`Recorder` that records through ``inner`` and sends each applied setpoint row to ``replay``."""
 
     def __init__(self, inner: Recorder, replay: TruthReplay) -> None:
         """Args: inner: where rows go; replay: the running replay."""
-        self.inner = inner
+        super().__init__(inner)
         self.replay = replay
-
-    def measurements(self, step: int, meas: Measurements) -> None:
-        """Forward."""
-        self.inner.measurements(step, meas)
-
-    def estimate(self, step: int, est: Estimate) -> None:
-        """Forward."""
-        self.inner.estimate(step, est)
-
-    def control(self, step: int, t_s: float, result: ControlStep) -> None:
-        """Forward."""
-        self.inner.control(step, t_s, result)
 
     def setpoint(self, row: SetpointRow) -> None:
         """Record the row, then (an applied one, once it is recorded) send it to the replay."""
         self.inner.setpoint(row)
         if row.state == "applied":
             self.replay.applied(row.step, dict(row.values))
-
-    def event(self, row: EventRow) -> None:
-        """Forward."""
-        self.inner.event(row)
 
 
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
