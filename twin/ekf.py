@@ -59,6 +59,10 @@ STUCK_REPEATS = 10
 LOCKOUT_REJECTIONS = 12
 
 
+#: Prediction steps fused into one CasADi call (a 5-min loop period is 2 steps of the default max_step).
+MAX_FUSED_STEPS = 4
+
+
 @dataclass
 class _Node:
     """The filter at time ``t_s`` after the measurements in ``meas`` (device index, value)."""
@@ -203,8 +207,14 @@ class ExtendedKalmanFilter:
         m = self.model
         dt = dt_s / self.spec.seconds_per_time_unit
         n = m.substeps(dt, self.config.max_step)
-        z_next, P_next = m.predictor(n)(z, P, u, self.p, dt / n, self._q_rel, self._q_floor)
-        return z_next, P_next
+        h = dt / n
+        # In calls of at most MAX_FUSED_STEPS steps: a long gap (a link outage) is many steps, and one
+        # function per step count would keep a graph of that many steps in memory for each gap length.
+        while n > 0:
+            k = min(n, MAX_FUSED_STEPS)
+            z, P = m.predictor(k)(z, P, u, self.p, h, self._q_rel, self._q_floor)
+            n -= k
+        return z, P
 
     def _rebase(self, shift_s: float) -> None:
         """Move the whole history by ``shift_s`` seconds: the plant's clock went back (its server restarted

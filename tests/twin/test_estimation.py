@@ -259,3 +259,25 @@ def test_the_checkpoint_s_kept_history_equals_the_history_packed_afresh(every: i
                 ekf.checkpoint()["nodes"], np.concatenate([n.pack() for n in ekf._history])
             )
     assert trimmed > 10 and late >= 1  # both paths that change the kept prefix were exercised
+
+
+def test_a_long_gap_is_predicted_in_bounded_calls_as_one_step_at_a_time() -> None:
+    # A link outage of 10 h is 160 RK4 steps: predicted in fused calls of at most MAX_FUSED_STEPS steps,
+    # so the filter keeps at most that many functions whatever the gap (a function per step count grew
+    # the soak's memory by 50 MB in a day), and the result is that of 160 single steps.
+    from twin.batch import new_parts
+    from twin.ekf import MAX_FUSED_STEPS
+
+    _, _, est, _ = new_parts(scenario(""))
+    assert isinstance(est, ExtendedKalmanFilter)
+    m = est.model
+    z, P, u = est._z0.copy(), est._P0.copy(), np.array([0.01, 36.5])
+    z_gap, P_gap = est._predict(z, P, u, 10 * HOUR)
+    assert set(m._predictors) <= set(range(1, MAX_FUSED_STEPS + 1))
+    n = m.substeps(10.0 * HOUR / est.spec.seconds_per_time_unit, est.config.max_step)
+    assert n > 10 * MAX_FUSED_STEPS
+    h = 10.0 * HOUR / est.spec.seconds_per_time_unit / n
+    for _ in range(n):
+        z, P = m.predictor(1)(z, P, u, est.p, h, est._q_rel, est._q_floor)
+    np.testing.assert_allclose(z_gap, z, rtol=1e-10)
+    np.testing.assert_allclose(P_gap, P, rtol=1e-8, atol=1e-14)
