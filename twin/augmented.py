@@ -111,7 +111,8 @@ class AugmentedModel:
         covariance carried along, as one call (built on first use for each ``n``, then reused).
 
         Each step: ``P <- A P A' + diag(q h)`` with the continuous process noise relative to the value
-        before the step, ``q = (q_rel |z|)^2 + q_floor^2``; then ``z`` clipped to the bounds (:meth:`project`).
+        before the step, ``q = (q_rel |z|)^2 + q_floor^2``; then ``z`` clipped to
+        ``[lower, upper]`` (an estimate never leaves the physical bounds, e.g. negative glucose).
         ``P`` is symmetrised once at the end.
         """
         if n not in self._predictors:
@@ -176,7 +177,3 @@ class AugmentedModel:
         out = np.array(p, dtype=float)
         out[self.aug_idx] = z[self.nx :] * self.scale[self.nx :]
         return out
-
-    def project(self, z: FloatArray) -> FloatArray:
-        """``z`` clipped to the physical bounds (an estimate never leaves them, e.g. negative glucose)."""
-        return np.clip(z, self.lower, self.upper)
