@@ -313,7 +313,14 @@ def test_ctrl_c_leaves_a_consistent_directory(tmp_path: Path) -> None:
     # Cases long enough (150 steps) that the 21 left cannot all finish between the third and the signal.
     argv = [sys.executable, "-m", "hil.cli", "sweep", str(_write(tmp_path, steps=150)), "--workers", "2"]
     proc = subprocess.Popen(
-        [*argv, "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        [*argv, "--out", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # As from a terminal: Ctrl-C's default disposition. A child inherits an ignored SIGINT, and in the
+        # whole suite something earlier leaves this process ignoring it: the sweep then ran to the end.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     try:
