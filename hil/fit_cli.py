@@ -44,7 +44,7 @@ def add_fit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     """Register ``bioimp fit``."""
     fit = sub.add_parser(
         "fit",
-        help="calibrate model parameters from batch records and CSV files (estimates, 95 % CI, plots)",
+        help="calibrate model parameters from batch records and CSV files (estimates, 95 %% CI, plots)",
         description="Fit shared model parameters (and each batch's initial state) to past batches: "
         "maximum likelihood by multiple shooting (CasADi, ipopt), uncertainty from the Fisher information. "
         "See docs/fit.md.",
