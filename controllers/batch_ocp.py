@@ -7,7 +7,7 @@ horizon: ``N`` intervals of equal length ``dt = (t_end - t) / N``, with ``dt`` a
 solver. The same frozen solver serves
 
 * the offline optimum over the whole batch (``bioimp optimize``, the open-loop baseline, the oracle),
-* the slow level of the two-level controller, re-solved every hour from the twin's estimate.
+* the slow level of the two-level controller, re-solved every few hours (the scenario's ``replan_s``) from the twin's estimate.
 
 Build time (symbolic): RK4 multiple shooting (``substeps`` per interval: one SX RK4 step looped by
 ``mapaccum``, called once per interval from an MX graph, so its derivatives are built once), objective,
