@@ -7,7 +7,8 @@ horizon: ``N`` intervals of equal length ``dt = (t_end - t) / N``, with ``dt`` a
 solver. The same frozen solver serves
 
 * the offline optimum over the whole batch (``bioimp optimize``, the open-loop baseline, the oracle),
-* the slow level of the two-level controller, re-solved every few hours (the scenario's ``replan_s``) from the twin's estimate.
+* the slow level of the two-level controller, re-solved every ``replan_s`` (a few hours) from the twin's
+  estimate.
 
 Build time (symbolic): RK4 multiple shooting (``substeps`` per interval: one SX RK4 step looped by
 ``mapaccum``, called once per interval from an MX graph, so its derivatives are built once), objective,
@@ -34,6 +35,7 @@ import numpy as np
 from controllers.codegen import compile_nlp
 from controllers.config import IPOPT_WARM_START, Objective
 from controllers.interfaces import FloatArray
+from controllers.ipopt import ipopt_nlpsol
 from plant_models.errors import ScenarioError
 from plant_models.spec import Bounds, ModelSpec
 
@@ -247,17 +249,17 @@ class BatchOcp:
         nlp = {"x": ca.vertcat(*w), "p": params, "f": config.cost_scale * cost, "g": ca.vertcat(*g)}
         ipopt: dict[str, Any] = {"print_level": 0, "sb": "yes", "max_iter": config.max_iter, "tol": config.tol}
         opts: dict[str, Any] = {"print_time": False, "ipopt": ipopt}
-        self._solver = ca.nlpsol("batch_ocp", "ipopt", nlp, opts)
+        self._solver = ipopt_nlpsol("batch_ocp", nlp, opts)
         problem: dict[str, Any] | str = nlp
         self.compile_note = "interpreted (compiled = false)"
         if config.compiled:
             so_path, self.compile_note = compile_nlp(self._solver, config.cache_dir)
             if so_path is not None:
                 problem = str(so_path)
-                self._solver = ca.nlpsol("batch_ocp", "ipopt", problem, opts)
+                self._solver = ipopt_nlpsol("batch_ocp", problem, opts)
         # Re-solves from the previous primal-dual solution (the next hour's problem is close to this one).
         warm: dict[str, Any] = {**ipopt, **IPOPT_WARM_START, "max_iter": config.warm_max_iter}
-        self._warm_solver = ca.nlpsol("batch_ocp_warm", "ipopt", problem, {**opts, "ipopt": warm})
+        self._warm_solver = ipopt_nlpsol("batch_ocp_warm", problem, {**opts, "ipopt": warm})
         self._lam_x = np.zeros(len(lbw))
         self._lam_g = np.zeros(len(lbg))
         self._step = step

@@ -16,6 +16,7 @@ between the controllers ``bioimp compare`` runs: same cascade, same PID, same pl
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ class CascadeConfig:
             and ``T_amb`` of the plant model, when it has them.
         volume_max: a guard under any planner (a stale plan, a bolus): the feed ``feed`` is cut so that
             the estimated volume ``volume`` cannot pass this within one period. None: no guard.
+        setpoint_rate: the most the PID's setpoint moves per hour (setpoint units, K/h): a planner's
+            jump is ramped at this rate, as temperature shifts are run on a plant. The PID, tuned to
+            hold a temperature, overshoots a large step: a late 31 -> 37 °C shift reached 37.99 °C at
+            the culture's 38 °C limit, 37.70 °C ramped at 12 K/h (``tests/controllers/test_cascade.py``).
+            None: the planner's setpoint at once.
     """
 
     period_s: float
@@ -78,10 +84,13 @@ class CascadeConfig:
     volume_max: float | None = None
     volume: str = "V"
     feed: str = "F"
+    setpoint_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.slow_every < 1 or not self.period_s > 0:
             raise ScenarioError("cascade: slow_every must be >= 1 and the loop period positive")
+        if self.setpoint_rate is not None and not self.setpoint_rate > 0:
+            raise ScenarioError("cascade: setpoint_rate must be positive")
 
 
 class CascadeController:
@@ -127,6 +136,9 @@ class CascadeController:
         self._period_h = config.period_s / plant_spec.seconds_per_time_unit
         self._k = 0
         self._slow: SlowDecision | None = None
+        rate = config.setpoint_rate
+        self._max_move = math.inf if rate is None else rate * config.period_s / 3600.0
+        self._setpoint: float | None = None  # the PID's setpoint last period (the ramp's position)
         self.setpoints: list[tuple[float, float]] = []  # (t_s, temperature setpoint) at each slow decision
 
     def checkpoint(self) -> dict[str, FloatArray]:
@@ -136,6 +148,7 @@ class CascadeController:
         state = {
             "k": np.array([float(self._k)]),
             "pid": np.array([self.pid.integral, np.nan if y_prev is None else y_prev]),
+            "setpoint": np.array([np.nan if self._setpoint is None else self._setpoint]),
         }
         planner_state = getattr(self.planner, "checkpoint", None)
         if planner_state is not None:
@@ -147,6 +160,8 @@ class CascadeController:
         self._k = int(state["k"][0])
         self.pid.integral = float(state["pid"][0])
         self.pid._y_prev = None if np.isnan(state["pid"][1]) else float(state["pid"][1])
+        ramp = state.get("setpoint", np.array([np.nan]))  # absent from checkpoints written before the ramp
+        self._setpoint = None if np.isnan(ramp[0]) else float(ramp[0])
         self._slow = None
         restore = getattr(self.planner, "restore", None)
         if restore is not None:
@@ -175,6 +190,9 @@ class CascadeController:
             room = max(0.0, self.config.volume_max - float(x[iv]))
             u[i_f] = min(u[i_f], room / self._period_h)
         setpoint = float(slow.u[self._sp_idx])
+        if self._setpoint is not None:
+            setpoint = min(max(setpoint, self._setpoint - self._max_move), self._setpoint + self._max_move)
+        self._setpoint = setpoint
         ff = 0.0
         if self._holding is not None:
             ua, amb = self._holding

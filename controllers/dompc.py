@@ -32,6 +32,7 @@ import numpy as np
 
 from controllers.config import MpcConfig, scenario_overrides
 from controllers.interfaces import ControlStep, FloatArray
+from controllers.ipopt import single_threaded_blas
 from plant_models.errors import ModelError, ScenarioError
 from plant_models.spec import ModelSpec
 
@@ -112,6 +113,7 @@ class DoMpcController:
         p0 = np.asarray(spec.vector("params", spec.nominal_params) if p is None else p, dtype=float)
         self._check_length("p", p0, spec.np)
 
+        single_threaded_blas()  # the reference runs as our Ipopt solvers do (controllers.ipopt)
         model = self._build_model()
         self.mpc = mpc = do_mpc.controller.MPC(model)
         settings = mpc.settings

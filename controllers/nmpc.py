@@ -22,6 +22,7 @@ import numpy as np
 
 from controllers.config import IPOPT_WARM_START, MpcConfig
 from controllers.interfaces import ControlStep, FloatArray
+from controllers.ipopt import ipopt_nlpsol
 from controllers.live_bounds import set_stage_bounds
 from controllers.sqp import SqpMpc
 from controllers.stagewise import rk4_step, weighted_signals
@@ -104,7 +105,7 @@ class Mpc:
         if config.budget_s is not None:
             # Ipopt stops at its wall-time limit; the step then falls back to the shifted plan.
             opts["ipopt"]["max_wall_time"] = config.budget_s
-        self._solver = ca.nlpsol("nmpc", "ipopt", nlp, opts)
+        self._solver = ipopt_nlpsol("nmpc", nlp, opts)
         self._u_prev = np.array([spec.input_safe[name] for name in spec.inputs])
         self._w0: FloatArray | None = None
         self._lam_x0 = np.zeros(self._nw)
@@ -167,9 +168,7 @@ class Mpc:
         if status == "ok" and np.all(np.isfinite(sol)):
             plan = sol
             self._lam_x0 = self._shift(np.asarray(res["lam_x"], dtype=float).ravel())
-            self._lam_g0 = np.concatenate(
-                [np.asarray(res["lam_g"], dtype=float).ravel()[nx:], np.zeros(nx)]
-            )
+            self._lam_g0 = np.concatenate([np.asarray(res["lam_g"], dtype=float).ravel()[nx:], np.zeros(nx)])
         else:
             self._lam_x0 = np.zeros(self._nw)
             self._lam_g0 = np.zeros(self._ng)

@@ -17,6 +17,7 @@ measured = "T"                  # plant state the PID measures
 heater = "P_heater"             # plant input the PID drives
 pid = { kp = 20.0, ki = 0.011, kd = 0.0 }   # W/K, W/(K s), W s/K; limits = the heater's range
 volume_max = 1.5                # under every planner: no feed that would take the estimated volume past it
+setpoint_rate = 12.0            # K/h: a planner's temperature jump reaches the PID as a ramp (default: none)
 
 [cascade.objective]             # minimised; names: states, outputs or "a*b" products
 terminal = { "mAb*V" = -1.0 }   # harvested antibody (mg)
@@ -93,6 +94,7 @@ class CascadeSection:
     max_iter: int = 500
     volume_max: float | None = None
     compiled: bool = False
+    setpoint_rate: float | None = None
 
     def spec(self) -> ModelSpec:
         """The planner's model."""
@@ -198,6 +200,7 @@ def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSe
         max_iter=table.integer("max_iter", 500, minimum=1),
         volume_max=table.number("volume_max", None, positive=True),
         compiled=table.boolean("compiled", False),
+        setpoint_rate=table.number("setpoint_rate", None, positive=True),
     )
     bolus_t.finish()
     table.finish()
@@ -301,5 +304,6 @@ def build_cascade(scenario: Scenario, spec: ModelSpec, p: FloatArray, planner: s
         measured=section.measured,
         heater=section.heater,
         volume_max=section.volume_max,
+        setpoint_rate=section.setpoint_rate,
     )
     return CascadeController(spec, build_planner(scenario, planner), config)

@@ -136,3 +136,59 @@ def test_volume_guard_cuts_the_feed_under_any_planner() -> None:
     assert cascade.step(300.0, x, p).u[iF] == pytest.approx(0.001 / (300.0 / 3600.0))  # exactly fills it
     x[plant.states.index("V")] = 1.5004
     assert cascade.step(600.0, x, p).u[iF] == 0.0
+
+
+def _shift(rate: float | None) -> tuple[CascadeController, list[float]]:
+    """A 31 -> 37 °C setpoint jump at 2 h, 5-min periods, the default scenario's PID: the true temperatures."""
+    plant = cho_fedbatch_thermal()
+    lo, hi = plant.input_bounds["P_heater"]
+    pid = PidConfig(20.0, 0.011, 0.0, lo, hi)
+    config = CascadeConfig(period_s=300.0, slow_every=1, pid=pid, setpoint_rate=rate)
+    profile = Profile(np.array([0.0, 7200.0]), np.array([[0.0, 31.0], [0.0, 37.0]]))
+    cascade = CascadeController(plant, ProfilePlanner(cho_fedbatch(), profile), config)
+    sim = Simulator(plant)
+    p = np.array(plant.vector("params", plant.nominal_params))
+    x = np.array(plant.vector("states", {**plant.x0, "T": 31.0}))
+    temps = []
+    for k in range(12 * 6):  # 6 h
+        x = sim.step(x, cascade.step(k * 300.0, x, p).u, p, 300.0 / 3600)
+        temps.append(float(x[plant.states.index("T")]))
+    return cascade, temps
+
+
+def test_a_setpoint_jump_is_ramped_and_does_not_overshoot() -> None:
+    _, stepped = _shift(None)
+    _, ramped = _shift(12.0)
+    # The PID tuned to hold overshoots a 6 K step by ~1 K (37.99 °C, at the culture's 38 °C limit); the
+    # ramp leaves 0.7 K: the integral still winds up while the temperature lags the ramp.
+    assert max(stepped) > 37.9
+    assert max(ramped) < 37.75
+    assert abs(ramped[-1] - 37.0) < 0.05  # and reaches the new setpoint
+    # 12 K/h from 31 °C: after the first 5-min period of the shift the culture is at most ~1 K warmer.
+    assert ramped[24] < 32.2 < stepped[24]
+
+
+def test_checkpoint_continues_a_ramp() -> None:
+    from twin.checkpoint import restore, snapshot
+
+    class NoEstimator:
+        pass
+
+    first, _ = _shift(12.0)
+    plant = first.plant_spec
+    p = np.array(plant.vector("params", plant.nominal_params))
+    x = np.array(plant.vector("states", {**plant.x0, "T": 31.0}))
+    mid = CascadeController(plant, first.planner, first.config)
+    for k in range(25):  # into the ramp that starts at 2 h (period 24)
+        mid.step(k * 300.0, x, p)
+    resumed = CascadeController(plant, first.planner, first.config)
+    restore(snapshot(NoEstimator(), mid), NoEstimator(), resumed)
+    heater = plant.inputs.index("P_heater")
+    for k in range(25, 30):
+        a, b = mid.step(k * 300.0, x, p), resumed.step(k * 300.0, x, p)
+        assert a.u[heater] == b.u[heater]
+
+
+def test_setpoint_rate_must_be_positive() -> None:
+    with pytest.raises(ScenarioError, match="setpoint_rate"):
+        CascadeConfig(period_s=300.0, slow_every=1, pid=PidConfig(20.0, 0.011, 0.0, 0.0, 200.0), setpoint_rate=0.0)

@@ -28,6 +28,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
+from controllers.ipopt import ipopt_nlpsol
 from plant_models.spec import ModelSpec
 from twin.fit.data import BatchData
 from twin.fit.spec import FitSpec
@@ -219,7 +220,7 @@ class Problem:
             # Hessian of the expanded graph): worth it only for many fits of one shape.
             "expand": fit.solver.expand,
         }
-        solver = ca.nlpsol("fit", "ipopt", nlp, opts)
+        solver = ipopt_nlpsol("fit", nlp, opts)
         self._solvers[shape] = solver
         return solver
 
