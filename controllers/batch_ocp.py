@@ -257,7 +257,7 @@ class BatchOcp:
             if so_path is not None:
                 problem = str(so_path)
                 self._solver = ipopt_nlpsol("batch_ocp", problem, opts)
-        # Re-solves from the previous primal-dual solution (the next hour's problem is close to this one).
+        # Re-solves from the previous primal-dual solution (the next re-plan's problem is close to this one).
         warm: dict[str, Any] = {**ipopt, **IPOPT_WARM_START, "max_iter": config.warm_max_iter}
         self._warm_solver = ipopt_nlpsol("batch_ocp_warm", problem, {**opts, "ipopt": warm})
         self._lam_x = np.zeros(len(lbw))
