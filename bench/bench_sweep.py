@@ -44,7 +44,7 @@ DASK_WORKER_CONFIG = {
     "distributed.admin.tick.interval": "1s",
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
-    "distributed.scheduler.worker-saturation": "inf",
+    "distributed.scheduler.worker-saturation": 1.0,
 }
 STUDY = REPO / "scenarios" / "haldane_sweep.toml"
 LABELS = ["pool_1", "pool_2", "dask_2"]
