@@ -138,7 +138,7 @@ class CascadeController:
         self._slow: SlowDecision | None = None
         rate = config.setpoint_rate
         self._max_move = math.inf if rate is None else rate * config.period_s / 3600.0
-        self._setpoint: float | None = None  # the PID's setpoint last period (the ramp's position)
+        self._ramp: float | None = None  # the PID's setpoint last period: where the ramp stands
         self.setpoints: list[tuple[float, float]] = []  # (t_s, temperature setpoint) at each slow decision
 
     def checkpoint(self) -> dict[str, FloatArray]:
@@ -148,7 +148,7 @@ class CascadeController:
         state = {
             "k": np.array([float(self._k)]),
             "pid": np.array([self.pid.integral, np.nan if y_prev is None else y_prev]),
-            "setpoint": np.array([np.nan if self._setpoint is None else self._setpoint]),
+            "ramp": np.array([np.nan if self._ramp is None else self._ramp]),
         }
         planner_state = getattr(self.planner, "checkpoint", None)
         if planner_state is not None:
@@ -160,8 +160,8 @@ class CascadeController:
         self._k = int(state["k"][0])
         self.pid.integral = float(state["pid"][0])
         self.pid._y_prev = None if np.isnan(state["pid"][1]) else float(state["pid"][1])
-        ramp = state.get("setpoint", np.array([np.nan]))  # absent from checkpoints written before the ramp
-        self._setpoint = None if np.isnan(ramp[0]) else float(ramp[0])
+        ramp = state.get("ramp", np.array([np.nan]))  # absent from checkpoints written before the ramp
+        self._ramp = None if np.isnan(ramp[0]) else float(ramp[0])
         self._slow = None
         restore = getattr(self.planner, "restore", None)
         if restore is not None:
@@ -190,9 +190,9 @@ class CascadeController:
             room = max(0.0, self.config.volume_max - float(x[iv]))
             u[i_f] = min(u[i_f], room / self._period_h)
         setpoint = float(slow.u[self._sp_idx])
-        if self._setpoint is not None:
-            setpoint = min(max(setpoint, self._setpoint - self._max_move), self._setpoint + self._max_move)
-        self._setpoint = setpoint
+        if self._ramp is not None:
+            setpoint = min(max(setpoint, self._ramp - self._max_move), self._ramp + self._max_move)
+        self._ramp = setpoint
         ff = 0.0
         if self._holding is not None:
             ua, amb = self._holding

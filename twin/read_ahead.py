@@ -32,7 +32,7 @@ class ReadAhead:
 
     def advance(self, dt_s: float) -> float:
         """Advance the plant by ``dt_s`` s and keep the reading right after it; return the new plant time."""
-        self._reading = None
+        self._reading = None  # dropped even if the exchange fails
         t_s, self._reading = self.plant.advance_and_read(dt_s)
         return t_s
 
