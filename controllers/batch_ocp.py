@@ -3,8 +3,14 @@
 A batch ends at a fixed time, and what counts is the harvest at that end (antibody mass, product). A
 receding horizon of fixed length optimises for a moment that is not the harvest, so a temperature shift
 or a late feed is chosen myopically. This problem spans the *remaining* batch instead, as a shrinking
-horizon: ``N`` intervals of equal length ``dt = (t_end - t) / N``, with ``dt`` a parameter of the frozen
-solver. The same frozen solver serves
+horizon. Its ``N`` interval lengths are parameters of the frozen solver, laid out on one of two grids:
+
+* ``N`` equal parts of what remains (``dt = (t_end - t) / N``): the grid moves with every re-solve;
+* ``N`` equal parts of the whole batch, fixed on the batch's clock (``batch_length``): the interval
+  under way is cut short and the ones already over take no time. A re-solve's warm start is then the
+  previous solution itself, node for node, off only by what the new estimate moved.
+
+The same frozen solver serves
 
 * the offline optimum over the whole batch (``bioimp optimize``, the open-loop baseline, the oracle),
 * the slow level of the two-level controller, re-solved every ``replan_s`` (a few hours) from the twin's
@@ -14,7 +20,7 @@ Build time (symbolic): RK4 multiple shooting (``substeps`` per interval: one SX 
 ``mapaccum``, called once per interval from an MX graph, so its derivatives are built once), objective,
 soft state bounds with an exact L1 penalty (slacks), hard input bounds, frozen into one Ipopt ``nlpsol``,
 optionally with its functions compiled to C (cached on disk). Run time:
-:meth:`BatchOcp.solve` fills the parameters ``(x0, p, dt)`` and warm-starts from the previous solution.
+:meth:`BatchOcp.solve` fills the parameters ``(x0, p, dt_1..dt_N)`` and warm-starts from the previous solution.
 
 Objective names are states, outputs, or products ``"a*b"`` of two of them (``"mAb*V"``: antibody mass,
 mg, from titer mg/L times volume L), weighted linearly as in :class:`controllers.config.Objective`.
@@ -62,6 +68,10 @@ class BatchOcpConfig:
         max_iter: Ipopt iteration limit (a cold start).
         warm_max_iter: iteration limit of a warm-started re-solve; when it is reached the iterate is
             kept as the next re-solve's start (the work carries over) and the solve reports failure.
+        warm_mu_strategy: Ipopt's barrier update in a warm re-solve: ``"monotone"`` (from the small
+            ``mu_init`` of a warm start) or ``"adaptive"`` (recovers faster when the estimate moved).
+        batch_length: the whole batch (model time units): the intervals are then fixed on the batch's
+            clock; None: ``N`` equal parts of whatever remains at each solve.
         tol: Ipopt tolerance.
         compiled: compile the NLP's functions (C, once per distinct problem, cached on disk): a solve is
             about 5x faster; without a C compiler the interpreted problem is used (``compile_note``).
@@ -81,10 +91,16 @@ class BatchOcpConfig:
     tol: float = 1e-7
     compiled: bool = False
     cache_dir: str | None = None
+    warm_mu_strategy: str = "monotone"
+    batch_length: float | None = None
 
     def __post_init__(self) -> None:
-        if self.intervals < 1 or self.substeps < 1 or self.max_iter < 1:
-            raise ScenarioError("optimizer: intervals, substeps and max_iter must be >= 1")
+        if self.intervals < 1 or self.substeps < 1 or self.max_iter < 1 or self.warm_max_iter < 1:
+            raise ScenarioError("optimizer: intervals, substeps, max_iter and warm_max_iter must be >= 1")
+        if self.warm_mu_strategy not in ("monotone", "adaptive"):
+            raise ScenarioError(f"optimizer: warm_mu_strategy {self.warm_mu_strategy!r} is not monotone or adaptive")
+        if self.batch_length is not None and not self.batch_length > 0:
+            raise ScenarioError("optimizer: batch_length must be positive")
         if not (self.penalty > 0 and self.tol > 0):
             raise ScenarioError("optimizer: penalty and tol must be positive")
 
@@ -183,7 +199,7 @@ class BatchOcp:
         # graph instead made the exact Hessian's graph so large that building the solver took ~9 s (and
         # its C code 175 MB).
         x_init, p = ca.MX.sym("x_init", nx), ca.MX.sym("p", spec.np)
-        dt, u_prev = ca.MX.sym("dt"), ca.MX.sym("u_prev", nu)
+        dts, u_prev = ca.MX.sym("dt", n), ca.MX.sym("u_prev", nu)
         sc = ca.DM(self.scale)
         sb = ca.DM([float(self.scale[i]) for i, _ in bounded])
         sb_grid = ca.repmat(sb, 1, ns)
@@ -204,6 +220,7 @@ class BatchOcp:
         last_u = u_prev
         for k in range(n):
             w += [zs[k], us[k]]
+            dt = dts[k]
             for name, weight in config.objective.stage.items():
                 # Stage weights are per model time unit: a rectangle rule over the interval.
                 cost += dt * weight * signal_expr(spec, name, xs[k], us[k], p)
@@ -245,7 +262,7 @@ class BatchOcp:
         self._lbg, self._ubg = np.array(lbg), np.array(ubg)
         self._nb = len(bounded)
         self._stride = nx + nu + 2 * len(bounded)
-        params = ca.vertcat(x_init, p, dt, u_prev)
+        params = ca.vertcat(x_init, p, dts, u_prev)
         nlp = {"x": ca.vertcat(*w), "p": params, "f": config.cost_scale * cost, "g": ca.vertcat(*g)}
         ipopt: dict[str, Any] = {"print_level": 0, "sb": "yes", "max_iter": config.max_iter, "tol": config.tol}
         opts: dict[str, Any] = {"print_time": False, "ipopt": ipopt}
@@ -258,7 +275,12 @@ class BatchOcp:
                 problem = str(so_path)
                 self._solver = ipopt_nlpsol("batch_ocp", problem, opts)
         # Re-solves from the previous primal-dual solution (the next re-plan's problem is close to this one).
-        warm: dict[str, Any] = {**ipopt, **IPOPT_WARM_START, "max_iter": config.warm_max_iter}
+        warm: dict[str, Any] = {
+            **ipopt,
+            **IPOPT_WARM_START,
+            "max_iter": config.warm_max_iter,
+            "mu_strategy": config.warm_mu_strategy,
+        }
         self._warm_solver = ipopt_nlpsol("batch_ocp_warm", problem, {**opts, "ipopt": warm})
         self._lam_x = np.zeros(len(lbw))
         self._lam_g = np.zeros(len(lbg))
@@ -267,15 +289,26 @@ class BatchOcp:
         self._w0: FloatArray | None = None
         self.last_u = np.tile(self._ub.mean(axis=1), (n, 1))
 
-    def rollout(self, x0: FloatArray, u: FloatArray, p: FloatArray, dt: float) -> FloatArray:
-        """States at the interval boundaries under inputs ``u`` (N, nu), with this problem's RK4."""
+    def rollout(self, x0: FloatArray, u: FloatArray, p: FloatArray, dts: FloatArray) -> FloatArray:
+        """States at the interval boundaries under inputs ``u`` (N, nu) held for ``dts`` (N), with this
+        problem's RK4."""
         out = [np.asarray(x0, dtype=float)]
-        for uk in u:
+        for uk, dt in zip(u, dts, strict=True):
             out.append(np.asarray(self._step(out[-1], uk, p, dt), dtype=float).ravel())
         return np.array(out)
 
-    def _guess(self, x0: FloatArray, p: FloatArray, dt: float, u: FloatArray) -> FloatArray:
-        xs = self.rollout(x0, u, p, dt)
+    def durations(self, duration: float) -> FloatArray:
+        """Each interval's length when ``duration`` of the batch remains."""
+        n, length = self.config.intervals, self.config.batch_length
+        if length is None or duration >= length:
+            return np.full(n, duration / n)
+        edges = np.linspace(0.0, length, n + 1)
+        dts = np.clip(edges[1:] - np.maximum(edges[:-1], length - duration), 0.0, None)
+        dts[dts <= 1e-9 * length] = 0.0
+        return dts
+
+    def _guess(self, x0: FloatArray, p: FloatArray, dts: FloatArray, u: FloatArray) -> FloatArray:
+        xs = self.rollout(x0, u, p, dts)
         if not np.all(np.isfinite(xs)):
             xs = np.tile(x0, (len(u) + 1, 1))
         parts = []
@@ -304,15 +337,24 @@ class BatchOcp:
         """
         start = time.perf_counter()
         n, nx, nu = self.config.intervals, self.spec.nx, self.spec.nu
-        dt = duration / n
+        dts = self.durations(duration)
+        first = int(np.count_nonzero(dts == 0.0))
         x0 = np.asarray(x0, dtype=float)
         warm = u_guess is None and self._w0 is not None
         if u_guess is None:
             u_guess = self.last_u
         u_guess = np.clip(np.asarray(u_guess, dtype=float), self._ub[:, 0], self._ub[:, 1])
         up = u_guess[0] if u_prev is None else np.asarray(u_prev, dtype=float)
-        args = {"lbx": self._lbw, "ubx": self._ubw, "lbg": self._lbg, "ubg": self._ubg}
-        pv = np.concatenate([x0, p, [dt], up])
+        s = self._stride
+        lbw, ubw = self._lbw, self._ubw
+        if first:
+            # Intervals already over take no time: their inputs act on nothing, so they are pinned.
+            lbw, ubw = lbw.copy(), ubw.copy()
+            for k in range(first):
+                lbw[k * s + nx : k * s + nx + nu] = up
+                ubw[k * s + nx : k * s + nx + nu] = up
+        args = {"lbx": lbw, "ubx": ubw, "lbg": self._lbg, "ubg": self._ubg}
+        pv = np.concatenate([x0, p, dts, up])
         if warm:
             assert self._w0 is not None
             w0 = self._w0.copy()
@@ -327,14 +369,13 @@ class BatchOcp:
             elif stats["return_status"] not in _OK:  # fall back to a cold start from the rollout
                 warm = False
         if not warm:
-            res = self._solver(x0=self._guess(x0, p, dt, u_guess), p=pv, **args)
+            res = self._solver(x0=self._guess(x0, p, dts, u_guess), p=pv, **args)
             stats = self._solver.stats()
         status = "ok" if stats["return_status"] in _OK else str(stats["return_status"])
         sol = np.asarray(res["x"], dtype=float).ravel()
         if status == "ok":
             self._lam_x = np.asarray(res["lam_x"], dtype=float).ravel()
             self._lam_g = np.asarray(res["lam_g"], dtype=float).ravel()
-        s = self._stride
         u = np.array([sol[k * s + nx : k * s + nx + nu] for k in range(n)])
         u = np.clip(u, self._ub[:, 0], self._ub[:, 1])
         x = np.array([sol[k * s : k * s + nx] for k in range(n)] + [sol[-nx:]]) * self.scale
@@ -342,9 +383,9 @@ class BatchOcp:
             self._w0 = sol
             self.last_u = u
         return BatchSolution(
-            t=np.arange(n + 1, dtype=np.float64) * dt,
-            u=u,
-            x=x,
+            t=np.concatenate([[0.0], np.cumsum(dts[first:])]),
+            u=u[first:],
+            x=x[first:],
             objective=float(res["f"]) / self.config.cost_scale,
             status=status,
             iterations=int(stats.get("iter_count", 0)),

@@ -10,6 +10,8 @@ planner = "nmpc"                # nmpc | bolus | openloop | oracle (bioimp compa
 slow_period_s = 3600.0          # the planner runs every this many seconds (a multiple of the loop period)
 replan_s = 3600.0               # the NMPC re-solves the remaining batch this often
 intervals = 14                  # piecewise-constant intervals over the remaining batch
+grid = "remaining"              # remaining: N equal parts of what remains at each re-solve; batch: N equal
+                                # parts of the whole batch, fixed in time (re-solves converge, see below)
 substeps = 12                   # RK4 sub-steps per interval
 compiled = false                # true: the planner's NLP compiled to C once (cached), re-solves ~4x faster
 setpoint = "T"                  # planner input that is the fast loop's setpoint
@@ -33,13 +35,18 @@ temperature = 36.5
 
 The batch ends at ``loop.steps * loop.period_s``; the bolus recipe takes the assay schedule from
 ``[plant.sensors]``.
+
+``grid = "batch"`` fixes the NMPC's intervals on the batch's clock, so each re-solve starts from the
+previous solution node for node; its warm re-solves use Ipopt's adaptive barrier and up to 200
+iterations, and converge where the moving grid's stop at 40 (docs/performance.md has the figures, and
+why the default scenario keeps the moving grid).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -68,6 +75,7 @@ __all__ = [
 ]
 
 PLANNERS = ("nmpc", "bolus", "openloop", "oracle")
+GRIDS = ("remaining", "batch")
 
 
 @dataclass(frozen=True)
@@ -95,14 +103,20 @@ class CascadeSection:
     volume_max: float | None = None
     compiled: bool = False
     setpoint_rate: float | None = None
+    grid: str = "remaining"
 
     def spec(self) -> ModelSpec:
         """The planner's model."""
         return resolve_model(self.model)
 
-    def ocp_config(self) -> BatchOcpConfig:
-        """The whole-batch problem the NMPC, the open-loop profile and the oracle solve."""
-        return BatchOcpConfig(
+    def ocp_config(self, batch_length: float | None = None) -> BatchOcpConfig:
+        """The whole-batch problem the NMPC, the open-loop profile and the oracle solve.
+
+        Args:
+            batch_length: the batch's length in the planner's time units, for a ``grid = "batch"``
+                NMPC (its intervals fixed on the batch's clock); None for the others.
+        """
+        config = BatchOcpConfig(
             intervals=self.intervals,
             objective=self.objective,
             state_bounds=self.state_bounds,
@@ -113,6 +127,9 @@ class CascadeSection:
             max_iter=self.max_iter,
             compiled=self.compiled,
         )
+        if self.grid != "batch" or batch_length is None:
+            return config
+        return replace(config, batch_length=batch_length, warm_mu_strategy="adaptive", warm_max_iter=200)
 
 
 def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSection | None:
@@ -131,6 +148,9 @@ def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSe
     planner = table.string("planner", "nmpc")
     if planner not in PLANNERS:
         raise ScenarioError(f"{table.key('planner')}: unknown planner {planner!r} (known: {', '.join(PLANNERS)})")
+    grid = table.string("grid", "remaining")
+    if grid not in GRIDS:
+        raise ScenarioError(f"{table.key('grid')}: unknown grid {grid!r} (known: {', '.join(GRIDS)})")
     slow_period = table.number("slow_period_s", 3600.0, positive=True)
     ratio = slow_period / period_s
     if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:
@@ -201,6 +221,7 @@ def parse_cascade(table: _Table, plant: ModelSpec, period_s: float) -> CascadeSe
         volume_max=table.number("volume_max", None, positive=True),
         compiled=table.boolean("compiled", False),
         setpoint_rate=table.number("setpoint_rate", None, positive=True),
+        grid=grid,
     )
     bolus_t.finish()
     table.finish()
@@ -270,7 +291,7 @@ def build_planner(scenario: Scenario, planner: str | None = None) -> Planner:
     slow = section.spec()
     kind = planner or section.planner
     if kind == "nmpc":
-        ocp = BatchOcp(slow, section.ocp_config())
+        ocp = BatchOcp(slow, section.ocp_config(batch_end_s(scenario) / slow.seconds_per_time_unit))
         return NmpcPlanner(ocp, batch_end_s(scenario), section.replan_s)
     if kind == "bolus":
         sensors = scenario.plant.sensors

@@ -81,6 +81,49 @@ def test_warm_resolve_from_a_nearby_state_takes_fewer_iterations() -> None:
     assert warm.iterations < cold.iterations
 
 
+def _plan_state(ocp: BatchOcp, x0: np.ndarray, p: np.ndarray, u: np.ndarray, spans: list[float]) -> np.ndarray:
+    """The state the plan predicts after holding ``u[k]`` for ``spans[k]``, with the problem's own RK4."""
+    for uk, span in zip(u, spans, strict=False):
+        x0 = ocp.rollout(x0, uk[None, :], p, np.array([span]))[-1]
+    return x0
+
+
+def test_batch_grid_cuts_the_interval_under_way_and_skips_those_over() -> None:
+    ocp = BatchOcp(fedbatch_haldane(), replace(_haldane().config, batch_length=150.0))
+    np.testing.assert_array_equal(ocp.durations(150.0), np.full(10, 15.0))
+    np.testing.assert_allclose(ocp.durations(140.0), [5.0] + [15.0] * 9)
+    np.testing.assert_allclose(ocp.durations(120.0), [0.0, 0.0] + [15.0] * 8)
+    np.testing.assert_allclose(ocp.durations(1.0), [0.0] * 9 + [1.0])
+    for remaining in (150.0, 131.3, 120.0, 7.5, 0.2):
+        assert ocp.durations(remaining).sum() == pytest.approx(remaining, rel=1e-12)
+    # The default grid: N equal parts of what remains.
+    np.testing.assert_allclose(_haldane().durations(140.0), np.full(10, 14.0))
+
+
+def test_batch_grid_resolve_along_its_own_plan_keeps_the_plan_in_a_few_iterations() -> None:
+    """Bellman: from the state the plan predicted, the rest of the plan is still optimal. On the fixed grid
+    the previous solution is that plan node for node, so the warm re-solve has almost nothing to do; on
+    the moving grid the same re-solve starts from nodes that sit elsewhere in time."""
+    spec = fedbatch_haldane()
+    p = np.array(spec.vector("params", spec.nominal_params))
+    x0 = np.array(spec.vector("states", X0))
+    fixed = BatchOcp(spec, replace(_haldane().config, batch_length=150.0, warm_mu_strategy="adaptive"))
+    moving = _haldane()
+    iterations = {}
+    for name, ocp in (("fixed", fixed), ("moving", moving)):
+        cold = ocp.solve(x0, p, 150.0)
+        assert cold.status == "ok"
+        x20 = _plan_state(ocp, x0, p, cold.u, [15.0, 5.0])  # 20 h in: interval 1 is 5 h old
+        warm = ocp.solve(x20, p, 130.0)
+        assert warm.status == "ok"
+        iterations[name] = warm.iterations
+        if name == "fixed":
+            assert warm.u.shape == (9, 1) and warm.t[1] == pytest.approx(10.0)  # 10 h left of interval 1
+            np.testing.assert_allclose(warm.u, cold.u[1:], atol=1e-3)  # L/h, on a 0.2 L/h pump
+            assert warm.objective == pytest.approx(cold.objective, rel=1e-5)
+    assert iterations["fixed"] <= 5 < iterations["moving"]
+
+
 @pytest.mark.parametrize("name", ["nope", "X_s*nope", "X_s*S_s*P_s"])
 def test_unknown_signal_is_a_one_line_error(name: str) -> None:
     config = BatchOcpConfig(intervals=2, objective=Objective(terminal=MappingProxyType({name: -1.0})))
