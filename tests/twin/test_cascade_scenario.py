@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from plant_models.errors import ScenarioError
@@ -30,7 +32,7 @@ def test_shipped_cho_scenario() -> None:
     ("old", "new", "message"),
     [
         ('planner = "nmpc"', 'planner = "magic"', r"^cascade\.planner: unknown planner 'magic'"),
-        ('planner = "nmpc"', 'grid = "daily"', r"^cascade\.grid: unknown grid 'daily' \(known: remaining, batch\)$"),
+        ('grid = "batch"', 'grid = "daily"', r"^cascade\.grid: unknown grid 'daily' \(known: remaining, batch\)$"),
         ("slow_period_s = 3600.0", "slow_period_s = 1000.0", r"^cascade\.slow_period_s: must be a multiple"),
         ('terminal = { "mAb*V" = -1.0 }', 'terminal = { "mAb*Q" = -1.0 }', r"^cascade\.objective\.terminal\.mAb\*Q:"),
         ("Amm = [0.0, 8.0] ", "Ammo = [0.0, 8.0] ", r"^cascade\.bounds\.Ammo: model 'cho_fedbatch' has no state"),
@@ -45,11 +47,13 @@ def test_cascade_mistakes_are_one_line(old: str, new: str, message: str) -> None
         parse_scenario(TEXT.replace(old, new, 1))
 
 
-def test_batch_grid_gives_the_nmpc_a_fixed_grid_and_converging_resolves() -> None:
-    sc = parse_scenario(TEXT.replace('planner = "nmpc"', 'planner = "nmpc"\ngrid = "batch"', 1))
-    c = sc.cascade
+def test_the_grid_chooses_the_nmpc_intervals_and_its_resolves() -> None:
+    c = load_scenario(CHO_SCENARIO).cascade
     assert c is not None and c.grid == "batch"
     nmpc = c.ocp_config(336.0)
     assert nmpc.batch_length == 336.0 and nmpc.warm_mu_strategy == "adaptive" and nmpc.warm_max_iter == 200
     # The offline optima (open loop, oracle) solve from the start: no batch length, the default re-solves.
-    assert c.ocp_config() == load_scenario(CHO_SCENARIO).cascade.ocp_config(336.0)  # type: ignore[union-attr]
+    offline = c.ocp_config()
+    assert offline == replace(nmpc, batch_length=None, warm_mu_strategy="monotone", warm_max_iter=40)
+    moving = parse_scenario(TEXT.replace('grid = "batch"', 'grid = "remaining"', 1)).cascade
+    assert moving is not None and moving.ocp_config(336.0) == offline
