@@ -109,10 +109,13 @@ class BatchOcpConfig:
 class BatchSolution:
     """A solved whole-batch problem.
 
+    The intervals are those still to come: ``M = N`` on the moving grid, fewer on a fixed grid once some
+    are over.
+
     Attributes:
-        t: interval start times (model time units, from the solve's start), length N+1 (last: the end).
-        u: inputs per interval (N, nu).
-        x: predicted states at the interval boundaries (N+1, nx).
+        t: interval start times (model time units, from the solve's start), length M+1 (last: the end).
+        u: inputs per interval (M, nu).
+        x: predicted states at the interval boundaries (M+1, nx).
         objective: the objective value (including any penalty of violated soft bounds).
         status: ``"ok"`` or Ipopt's return status.
         iterations: Ipopt iterations.
