@@ -38,8 +38,8 @@ The batch ends at ``loop.steps * loop.period_s``; the bolus recipe takes the ass
 
 ``grid = "batch"`` fixes the NMPC's intervals on the batch's clock, so each re-solve starts from the
 previous solution node for node; its warm re-solves use Ipopt's adaptive barrier and up to 200
-iterations, and converge where the moving grid's stop at 40 (docs/performance.md has the figures, and
-why the default scenario keeps the moving grid).
+iterations, and converge where the moving grid's stop at 40. The default CHO scenario uses it
+(docs/performance.md and docs/results.md have the figures on twelve plants).
 """
 
 from __future__ import annotations
