@@ -61,9 +61,14 @@ def bioimp(*args: str) -> list[str]:
     return [sys.executable, "-m", "hil.cli", *args]
 
 
-def live_scenario(tmp_path: Path, steps: int = 4500, period_s: float = 120.0) -> Path:
-    """The 150-h Haldane fed-batch in 2-minute periods: 4500 steps, long enough to watch even on a fast
-    machine (a virtual clock runs as fast as the loop: 2-5 ms a step here)."""
+def live_scenario(tmp_path: Path, steps: int = 45_000, period_s: float = 120.0) -> Path:
+    """The Haldane fed-batch in 2-minute periods, by default far longer than the test watches it.
+
+    A virtual clock runs as fast as the loop: 2-5 ms a step here, faster while the plant is in fail-safe
+    (nothing to solve). With 4500 steps the operator's arm once went unanswered for 20 s on a loaded CI
+    machine. The likeliest cause: load slows the browser more than the loop, so the batch had run out of
+    steps. The test stops the run itself; unloaded, it has taken about 1200 steps by then.
+    """
     text = (REPO / "twin" / "scenarios" / "fedbatch_haldane.toml").read_text()
     text = text.replace('name = "fedbatch_haldane"', 'name = "dashboard_haldane"')
     text = text.replace("steps = 150", f"steps = {steps}").replace("period_s = 3600.0", f"period_s = {period_s}")
@@ -230,6 +235,7 @@ def test_live_batch_failsafe_within_2_s_and_operator_arm_is_audited(
             page.fill("#op-who", "Alice Operator")
             page.fill("#op-why", "watchdog trip in CI test, controller back")
             page.click("#op-arm")
+            page.wait_for_selector("#op-result:has-text('sent')", timeout=5_000)  # the page sent it
             run.send_signal(signal.SIGCONT)
             page.wait_for_selector("#op-result:has-text('done (audit row')", timeout=20_000)
             page.wait_for_function(

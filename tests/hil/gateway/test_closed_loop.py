@@ -42,7 +42,17 @@ U_RTOL, U_ATOL = 0.08, 0.001  # L/h
 
 
 def _scenario(x0: dict[str, float] | None = None) -> Scenario:
+    """The Haldane scenario over ``STEPS`` steps, without its compute budget.
+
+    The budget is a timing figure (bench/ measures it); here it would only make the comparison depend on
+    the machine's load. On a busy CI machine (and once here, under 3 busy-looping processes) the gateway
+    loop took one fallback that the reference did not; the budget is the one part of the controller
+    whose decision depends on the machine's speed.
+    """
     text = HALDANE_SCENARIO.read_text().replace("steps = 150", f"steps = {STEPS}")
+    budget = "budget_s = 1.0"
+    assert budget in text
+    text = text.replace(budget, "")
     if x0 is not None:
         text = text.replace(
             "x0 = { X_s = 1.0, S_s = 0.5, P_s = 0.0, V_s = 120.0 }",
@@ -89,7 +99,7 @@ def test_nmpc_through_gateway_matches_simulated_plant(tmp_path: Path) -> None:
             budget_s=scenario.controller.budget_s,
         )
         wall_s = time.monotonic() - started
-    assert result.refused_writes == 0 and result.fallbacks == 0
+    assert result.refused_writes == 0 and result.fallbacks == 0, record.events
     first = record.reads[0][1]
     x0 = {name: float(first.values[name].value) for name in spec.states}  # type: ignore[arg-type]
     final_gateway = {name: record.reads[-1][1].values[name].value for name in spec.states}
