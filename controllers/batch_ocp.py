@@ -194,13 +194,14 @@ class BatchOcp:
         substeps = rk4.mapaccum("substeps", ns, [0], [0])
         xm, um, pm, dm = ca.MX.sym("x", nx), ca.MX.sym("u", nu), ca.MX.sym("p", spec.np), ca.MX.sym("dt")
         traj = substeps(xm, ca.repmat(um, 1, ns), ca.repmat(pm, 1, ns), ca.repmat(dm, 1, ns))
-        path = traj[[i for i, _ in bounded], :] if bounded else ca.MX(0, ns)
+        bounded_idx = [i for i, _ in bounded]
+        path = traj[bounded_idx, :] if bounded else ca.MX(0, ns)
         step = ca.Function("F", [xm, um, pm, dm], [traj[:, -1]])
         rk4_interval = ca.Function("rk4_interval", [xm, um, pm, dm], [traj[:, -1], path])
         # On the fixed grid the intervals already over have zero length: RK4 with h = 0 is the identity,
         # so they take the identity's branch instead of evaluating (and differentiating) their sub-steps
         # in every Ipopt iteration. The result is the same up to rounding (1e-13 on the batch's harvest).
-        at_start = ca.repmat(xm[[i for i, _ in bounded]], 1, ns) if bounded else ca.MX(0, ns)
+        at_start = ca.repmat(xm[bounded_idx], 1, ns) if bounded else ca.MX(0, ns)
         elapsed = ca.Function("elapsed", [xm, um, pm, dm], [xm, at_start])
         interval = ca.Function.conditional("interval", [elapsed], rk4_interval)  # branch 0 when dt == 0
         # The NLP is an MX graph that *calls* the interval function N times: its derivatives are

@@ -96,7 +96,6 @@ def test_nmpc_through_gateway_matches_simulated_plant(tmp_path: Path) -> None:
             recorder=record,
             steps=STEPS,
             period_s=period_s,
-            budget_s=scenario.controller.budget_s,
         )
         wall_s = time.monotonic() - started
     assert result.refused_writes == 0 and result.fallbacks == 0, record.events
